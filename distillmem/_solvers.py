@@ -1,0 +1,84 @@
+"""Float64 ridge solves on rows-as-samples statistics.
+
+Every function returns W^T of shape (p, k): the KRR weights transposed.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+
+def rank_tol(matrix: torch.Tensor, top: float) -> float:
+    """The pinv/matrix_rank cut-off of torch: max(rows, cols) * eps * largest singular value."""
+    return max(matrix.shape) * torch.finfo(matrix.dtype).eps * top
+
+
+def pinv(matrix: torch.Tensor) -> torch.Tensor:
+    """Moore-Penrose pseudo-inverse with torch's explicit relative tolerance."""
+    return torch.linalg.pinv(matrix, rtol=max(matrix.shape) * torch.finfo(matrix.dtype).eps)
+
+
+def solve_primal(gram: torch.Tensor, cross: torch.Tensor, reg: float) -> torch.Tensor:
+    """W^T = (G + reg I)^-1 R, or G^+ R for reg = 0; G (p, p), R (p, k)."""
+    if reg > 0:
+        shifted = gram.clone()
+        shifted.diagonal().add_(reg)
+        factor, info = torch.linalg.cholesky_ex(shifted)
+        if int(info) == 0:
+            return torch.cholesky_solve(cross, factor)
+        warnings.warn("G + reg*I is not numerically positive definite; using the eigendecomposition", stacklevel=3)
+    return Spectral.primal(gram, cross).weights_t(reg)
+
+
+def solve_dual(features: torch.Tensor, targets: torch.Tensor, reg: float) -> torch.Tensor:
+    """W^T = Phi^T (Phi Phi^T + reg I)^-1 T, or pinv(Phi) T for reg = 0; Phi (n, p), T (n, k)."""
+    if reg == 0:
+        return pinv(features) @ targets
+    kernel = features @ features.T
+    kernel.diagonal().add_(reg)
+    factor, info = torch.linalg.cholesky_ex(kernel)
+    if int(info) == 0:
+        return features.T @ torch.cholesky_solve(targets, factor)
+    warnings.warn("K + reg*I is not numerically positive definite; using the eigendecomposition", stacklevel=3)
+    return Spectral.dual(features, targets).weights_t(reg)
+
+
+@dataclass
+class Spectral:
+    """W^T(reg) = lift diag(1 / (eig + reg)) coef for every reg from one eigendecomposition.
+
+    Primal: G = U diag(e) U^T, lift = U, coef = U^T R.
+    Dual:   Phi Phi^T = V diag(e) V^T, lift = Phi^T V, coef = V^T T.
+    Directions with e below the rank tolerance are dropped, which makes
+    reg = 0 the pseudo-inverse solution.
+    """
+
+    eig: torch.Tensor  # (r,)
+    lift: torch.Tensor  # (p, r)
+    coef: torch.Tensor  # (r, k)
+
+    @classmethod
+    def primal(cls, gram: torch.Tensor, cross: torch.Tensor) -> "Spectral":
+        eig, vecs = torch.linalg.eigh(gram)
+        keep = eig > rank_tol(gram, float(eig[-1].clamp_min(0)))
+        vecs = vecs[:, keep]
+        return cls(eig[keep], vecs, vecs.T @ cross)
+
+    @classmethod
+    def dual(cls, features: torch.Tensor, targets: torch.Tensor) -> "Spectral":
+        kernel = features @ features.T
+        eig, vecs = torch.linalg.eigh(kernel)
+        keep = eig > rank_tol(kernel, float(eig[-1].clamp_min(0)))
+        vecs = vecs[:, keep]
+        return cls(eig[keep], features.T @ vecs, vecs.T @ targets)
+
+    def weights_t(self, reg: float) -> torch.Tensor:
+        return self.lift @ (self.coef / (self.eig + reg)[:, None])
+
+    def scores(self, features: torch.Tensor, regs: list[float]) -> torch.Tensor:
+        """Predictions (len(regs), n, k) of every reg on features (n, p), at O(n r k) per reg."""
+        projected = features.to(self.lift.dtype) @ self.lift
+        return torch.stack([projected @ (self.coef / (self.eig + reg)[:, None]) for reg in regs])

@@ -1,0 +1,92 @@
+"""Streaming sufficient statistics of KRR: G = Phi^T Phi and R = Phi^T T.
+
+Samples are rows here: features Phi of shape (n, p), targets T of shape (n, k).
+Memory is O(p^2 + chunk * p) whatever n is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ._validation import ArrayLike, as_samples, as_targets, is_array, to_tensor
+from .features import FeatureMap
+
+
+@dataclass
+class Moments:
+    """Gram (p, p) and cross moments (p, k) in float64, over n samples of width d."""
+
+    gram: torch.Tensor
+    cross: torch.Tensor
+    n: int
+    in_features: int
+
+    def __add__(self, other: "Moments") -> "Moments":
+        return Moments(self.gram + other.gram, self.cross + other.cross, self.n + other.n, self.in_features)
+
+
+def iter_array_chunks(
+    x: ArrayLike, targets: torch.Tensor | None, chunk_size: int, device: torch.device, name: str = "x"
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Chunks (b, d) of an in-memory or memory-mapped (n, d) array, with their targets (b, k)."""
+    for start in range(0, x.shape[0], chunk_size):
+        chunk = to_tensor(x[start : start + chunk_size], device, first_row=start, name=name)
+        yield chunk, None if targets is None else targets[start : start + chunk_size].to(device)
+
+
+def iter_batches(
+    batches: Iterable[Any], n_classes: int | None, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Validated (x, targets) chunks from an iterable of (x, y) batches."""
+    width = None
+    seen = 0
+    for i, batch in enumerate(batches):
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+            raise ValueError(f"batch {i} must be an (x, y) pair, got {type(batch).__name__}")
+        xb = as_samples(batch[0], name=f"x of batch {i}")
+        if width is not None and xb.shape[1] != width:
+            raise ValueError(f"batch {i} has {xb.shape[1]} features, earlier batches had {width}")
+        width = xb.shape[1]
+        if not (is_array(batch[1]) and batch[1].ndim == 2) and n_classes is None:
+            raise ValueError("n_classes is required when fitting on an iterable of batches with integer labels")
+        tb, _ = as_targets(batch[1], xb.shape[0], n_classes, name=f"y of batch {i}")
+        n_classes = tb.shape[1]
+        yield to_tensor(xb, device, first_row=seen, name=f"x of batch {i}"), tb.to(device)
+        seen += xb.shape[0]
+
+
+def accumulate_moments(
+    feature_map: FeatureMap,
+    chunks: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    progress: bool = False,
+    total: int | None = None,
+) -> Moments:
+    """Moments of phi over (x, targets) chunks; features in the chunk dtype, sums in float64."""
+    gram = cross = None
+    n = 0
+    for x, t in tqdm(chunks, total=total, desc="features", unit="chunk", disable=not progress, leave=False):
+        feature_map.check_input(x)
+        f = feature_map(x)
+        chunk_gram = (f.T @ f).to(torch.float64)
+        chunk_cross = (f.T @ t.to(f.dtype)).to(torch.float64)
+        if gram is None:
+            gram, cross = chunk_gram, chunk_cross
+        else:
+            gram += chunk_gram
+            cross += chunk_cross
+        n += x.shape[0]
+    if gram is None:
+        raise ValueError("the data is empty: no batch was given")
+    if not bool(torch.isfinite(gram).all()):
+        raise ValueError("the features overflowed (non-finite Gram matrix): scale the inputs down or pass float64 data")
+    return Moments(gram, cross, n, x.shape[1])
+
+
+def n_chunks(n: int, chunk_size: int) -> int:
+    return -(-n // chunk_size)

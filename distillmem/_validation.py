@@ -1,0 +1,103 @@
+"""Checks applied once, at the public boundary; solvers get clean tensors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+ArrayLike = torch.Tensor | np.ndarray
+
+_FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+def is_array(x: Any) -> bool:
+    return isinstance(x, (torch.Tensor, np.ndarray))
+
+
+def as_samples(x: Any, name: str = "x") -> ArrayLike:
+    """View ``x`` of shape (n, ...) as (n, d) without copying (memmaps stay on disk)."""
+    if not is_array(x):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+    if x.ndim < 1 or x.shape[0] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); at least one sample is needed")
+    if x.ndim == 1:
+        raise ValueError(f"{name} must have shape (n, d) or (n, C, H, W), found 1-D shape {tuple(x.shape)}")
+    flat = x.reshape(x.shape[0], -1)
+    if flat.shape[1] == 0:
+        raise ValueError(f"{name} has no features (shape {tuple(x.shape)})")
+    return flat
+
+
+def to_tensor(x: ArrayLike, device: torch.device, *, first_row: int = 0, name: str = "x") -> torch.Tensor:
+    """A float chunk on ``device``: float32/float64 kept, anything else float64; NaN/Inf rejected."""
+    t = torch.as_tensor(np.asarray(x)) if isinstance(x, np.ndarray) else x
+    if t.dtype not in _FLOAT_DTYPES:
+        t = t.to(torch.float64)
+    t = t.to(device)
+    # One reduction is far cheaper than an elementwise check; a non-finite sum
+    # (NaN/Inf, or an overflow of large finite values) triggers the full check.
+    if not bool(torch.isfinite(t.sum())):
+        finite = torch.isfinite(t.reshape(t.shape[0], -1)).all(dim=1)
+        if not bool(finite.all()):
+            bad = int((~finite).nonzero()[0, 0]) + first_row
+            raise ValueError(f"{name} contains NaN or Inf (first at row {bad})")
+    return t
+
+
+def as_targets(y: Any, n: int, n_classes: int | None, name: str = "y") -> tuple[torch.Tensor, int]:
+    """Targets of shape (n, k) in float64 from integer labels (n,) or a target matrix (n, k).
+
+    With ``n_classes=None`` integer labels must cover 0..max(y) without gaps.
+    """
+    if not is_array(y):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(y).__name__}")
+    t = torch.as_tensor(np.asarray(y)) if isinstance(y, np.ndarray) else y.detach().cpu()
+    if t.shape[0] != n:
+        raise ValueError(f"x and {name} have different numbers of samples: {n} != {t.shape[0]}")
+    if t.ndim == 2:
+        if t.is_complex() or t.dtype == torch.bool:
+            raise ValueError(f"{name} of shape (n, k) must hold real targets, found dtype {t.dtype}")
+        t = t.to(torch.float64)
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} contains NaN or Inf")
+        if n_classes is not None and t.shape[1] != n_classes:
+            raise ValueError(f"{name} has {t.shape[1]} target columns but n_classes={n_classes}")
+        return t, t.shape[1]
+    if t.ndim != 1:
+        raise ValueError(f"{name} must have shape (n,) of class labels or (n, k) of targets, found {tuple(t.shape)}")
+    if t.is_floating_point() or t.dtype == torch.bool or t.is_complex():
+        raise ValueError(f"{name} of shape (n,) must hold integer class labels, found dtype {t.dtype}; pass soft targets as (n, k)")
+    labels = t.to(torch.int64)
+    k = check_labels(labels, n_classes, name)
+    return torch.nn.functional.one_hot(labels, k).to(torch.float64), k
+
+
+def check_labels(labels: torch.Tensor, n_classes: int | None, name: str = "y") -> int:
+    """Validate integer labels and return the number of classes k."""
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0:
+        raise ValueError(f"{name} has a negative class label {low}")
+    if n_classes is None:
+        k = high + 1
+        present = torch.bincount(labels, minlength=k) > 0
+        if not bool(present.all()):
+            missing = (~present).nonzero().flatten().tolist()
+            raise ValueError(
+                f"{name} has no sample of class(es) {missing[:10]} in 0..{high}; "
+                "pass n_classes explicitly if classes may be absent"
+            )
+        return k
+    if n_classes < 1:
+        raise ValueError(f"n_classes must be >= 1, got {n_classes!r}")
+    if high >= n_classes:
+        raise ValueError(f"{name} has class label {high}, out of range for n_classes={n_classes}")
+    return n_classes
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    dev = torch.device("cpu" if device is None else device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(dev)!r} was requested but CUDA is not available")
+    return dev

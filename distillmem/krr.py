@@ -1,0 +1,293 @@
+"""Kernel ridge regression on an explicit feature map, fitted in float64."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._solvers import Spectral, solve_dual, solve_primal
+from ._stats import Moments, accumulate_moments, iter_array_chunks, iter_batches, n_chunks
+from ._validation import as_samples, as_targets, is_array, resolve_device, to_tensor
+from .data import train_val_split
+from .features import FeatureMap, Identity
+
+#: The paper's lambda grids: 10^-6 .. 10^5.5 for nonlinear maps and, since
+#: X X^T is singular for linear features (constant border pixels), 10^-3 .. 10^5.5.
+PAPER_REG_GRID: tuple[float, ...] = tuple(10.0 ** (e / 2) for e in range(-12, 12))
+LINEAR_REG_GRID: tuple[float, ...] = tuple(10.0 ** (e / 2) for e in range(-6, 12))
+
+
+def default_reg_grid(feature_map: FeatureMap) -> tuple[float, ...]:
+    return LINEAR_REG_GRID if isinstance(feature_map, Identity) else PAPER_REG_GRID
+
+
+class KRR:
+    """Kernel ridge regression f(x) = W phi(x), W of shape (k, p).
+
+    Minimises ||Phi W^T - T||^2 + reg ||W||^2 over samples (rows). Solves in
+    the primal (p x p Gram, accumulated in chunks, memory O(p^2 + chunk)) when
+    n >= p or the data is streamed, and in the dual (n x n kernel) otherwise.
+    Features are computed in the dtype of the inputs (float32 or float64; other
+    dtypes become float64); Gram matrices and solves are always float64.
+
+    Parameters
+    ----------
+    feature_map : FeatureMap, optional
+        phi; default ``Identity()`` (linear ridge regression).
+    reg : float or "auto"
+        lambda >= 0. ``"auto"`` picks it by validation accuracy over
+        ``reg_grid`` (first maximum in ascending order) from one
+        eigendecomposition, then refits on all the data given to ``fit``.
+    reg_grid : sequence of float, optional
+        Candidates for ``"auto"``; default the paper's grid for the map.
+    val_fraction : float
+        Held-out share for ``"auto"`` when ``fit`` gets no ``eval_set``.
+    seed : int
+        Seed of the held-out split.
+    refit : bool
+        For ``"auto"`` with the internal split: refit on all the data at the
+        chosen lambda (True), or keep the model fitted on the training part,
+        as in the paper's protocol (False).
+    n_classes : int, optional
+        k for integer labels; default max(y) + 1 with every class present.
+    chunk_size : int
+        Rows per chunk when computing features.
+    device : str or torch.device, optional
+        Where features and solves run; weights are kept on the CPU.
+    progress : bool
+        Show a progress bar over chunks.
+
+    Attributes
+    ----------
+    weights_ : torch.Tensor of shape (k, p), float64
+    reg_ : float
+        The lambda of ``weights_``.
+    n_classes_ : int
+    n_features_in_ : int
+        d.
+    n_samples_ : int
+        Samples the final weights were fitted on.
+    solver_ : str
+        ``"primal"`` or ``"dual"``.
+    val_accuracy_ : dict[float, float]
+        Validation accuracy per lambda (only for ``reg="auto"``).
+    """
+
+    def __init__(
+        self,
+        feature_map: FeatureMap | None = None,
+        reg: float | str = "auto",
+        *,
+        reg_grid: Sequence[float] | None = None,
+        val_fraction: float = 0.05,
+        seed: int = 0,
+        refit: bool = True,
+        n_classes: int | None = None,
+        chunk_size: int = 8192,
+        device: str | torch.device | None = None,
+        progress: bool = False,
+    ) -> None:
+        self.feature_map = feature_map
+        self.reg = reg
+        self.reg_grid = reg_grid
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.refit = refit
+        self.n_classes = n_classes
+        self.chunk_size = chunk_size
+        self.device = device
+        self.progress = progress
+
+    # -- fitting ------------------------------------------------------------
+    def fit(self, x: Any, y: Any = None, *, eval_set: tuple[Any, Any] | None = None) -> "KRR":
+        """Fit on x (n, d) or (n, C, H, W) with y (n,) labels or (n, k) targets.
+
+        ``x`` may be a tensor, a numpy array (memory-mapped too) or, with
+        ``y=None``, an iterable of (x, y) batches. ``eval_set=(x_val, y_val)``
+        selects lambda for ``reg="auto"`` on that set and fits on ``x`` only.
+        """
+        self._check_params()
+        fmap = self._feature_map()
+        device = resolve_device(self.device)
+        fmap.to(device)
+        streamed = not is_array(x)
+        if streamed and y is not None:
+            raise ValueError("y must be None when x is an iterable of (x, y) batches")
+        if not streamed and y is None:
+            raise ValueError("y is required when x is an array")
+
+        val = None
+        if eval_set is not None:
+            val = self._eval_data(eval_set, device)
+        elif self.reg == "auto" and streamed:
+            raise ValueError('reg="auto" on an iterable of batches needs eval_set=(x_val, y_val)')
+
+        if streamed:
+            moments = accumulate_moments(fmap, iter_batches(x, self.n_classes, device), progress=self.progress)
+            if val is not None and val[0].shape[1] != moments.in_features:
+                raise ValueError(f"eval_set has {val[0].shape[1]} features, the batches have {moments.in_features}")
+            self.n_features_in_ = moments.in_features
+            self._finish_primal(moments, val, None)
+            return self
+
+        xs = as_samples(x)
+        targets, k = as_targets(y, xs.shape[0], self.n_classes)
+        self.n_features_in_ = xs.shape[1]
+        p = fmap.out_features(xs.shape[1])
+        if val is not None and val[0].shape[1] != xs.shape[1]:
+            raise ValueError(f"eval_set has {val[0].shape[1]} features, x has {xs.shape[1]}")
+
+        split = None
+        if self.reg == "auto" and val is None:
+            train_idx, val_idx = train_val_split(xs.shape[0], self.val_fraction, self.seed)
+            split = torch.zeros(xs.shape[0], dtype=torch.bool)
+            split[val_idx] = True
+
+        if xs.shape[0] < p:
+            self._fit_dual(fmap, xs, targets, split, val, device)
+        else:
+            self._fit_primal(fmap, xs, targets, split, val, device)
+        return self
+
+    def _fit_primal(self, fmap, xs, targets, split, val, device) -> None:
+        """Stream chunks into train moments; rows in ``split`` become validation data."""
+        held_x, held_t = [], []
+
+        def train_chunks():
+            for start, (xc, tc) in zip(
+                range(0, xs.shape[0], self.chunk_size), iter_array_chunks(xs, targets, self.chunk_size, device)
+            ):
+                if split is None:
+                    yield xc, tc
+                    continue
+                mask = split[start : start + xc.shape[0]].to(device)
+                held_x.append(xc[mask])
+                held_t.append(tc[mask])
+                yield xc[~mask], tc[~mask]
+
+        total = n_chunks(xs.shape[0], self.chunk_size)
+        moments = accumulate_moments(fmap, train_chunks(), progress=self.progress, total=total)
+        held = None
+        if split is not None:
+            val = (torch.cat(held_x), torch.cat(held_t))
+            if self.refit:
+                held = accumulate_moments(fmap, [val])
+        self._finish_primal(moments, val, held)
+
+    def _finish_primal(self, moments: Moments, val, held: Moments | None) -> None:
+        fmap = self._feature_map()
+        if self.reg == "auto":
+            spectral = Spectral.primal(moments.gram, moments.cross)
+            reg = self._select_reg(spectral, fmap(val[0]), val[1])
+            if held is None:
+                weights_t = spectral.weights_t(reg)
+                n = moments.n
+            else:
+                total = moments + held
+                weights_t = solve_primal(total.gram, total.cross, reg)
+                n = total.n
+        else:
+            reg = float(self.reg)
+            weights_t, n = solve_primal(moments.gram, moments.cross, reg), moments.n
+        self._store(weights_t, reg, n, moments.cross.shape[1], "primal")
+
+    def _fit_dual(self, fmap, xs, targets, split, val, device) -> None:
+        x_all = to_tensor(xs, device)
+        fmap.check_input(x_all)
+        features = fmap(x_all).to(torch.float64)
+        targets = targets.to(device)
+        if self.reg == "auto":
+            if split is not None:
+                split = split.to(device)
+                val = (x_all[split], targets[split])
+                spectral = Spectral.dual(features[~split], targets[~split])
+            else:
+                spectral = Spectral.dual(features, targets)
+            reg = self._select_reg(spectral, fmap(val[0]), val[1])
+            if split is not None and self.refit:
+                weights_t, n = solve_dual(features, targets, reg), features.shape[0]
+            else:
+                weights_t = spectral.weights_t(reg)
+                n = features.shape[0] - (0 if split is None else int(split.sum()))
+        else:
+            reg = float(self.reg)
+            weights_t, n = solve_dual(features, targets, reg), features.shape[0]
+        self._store(weights_t, reg, n, targets.shape[1], "dual")
+
+    def _select_reg(self, spectral: Spectral, val_features: torch.Tensor, val_targets: torch.Tensor) -> float:
+        grid = [float(r) for r in (self.reg_grid if self.reg_grid is not None else default_reg_grid(self._feature_map()))]
+        truth = val_targets.argmax(dim=1)
+        accuracy = {}
+        for reg, scores in zip(grid, spectral.scores(val_features, grid)):
+            accuracy[reg] = float((scores.argmax(dim=1) == truth).to(torch.float64).mean())
+        self.val_accuracy_ = accuracy
+        # max() keeps the first maximum, in ascending grid order as in the paper.
+        return max(sorted(accuracy), key=accuracy.__getitem__)
+
+    def _store(self, weights_t: torch.Tensor, reg: float, n: int, k: int, solver: str) -> None:
+        self.weights_ = weights_t.T.contiguous().cpu()
+        self.reg_ = reg
+        self.n_samples_ = n
+        self.n_classes_ = k
+        self.solver_ = solver
+
+    # -- prediction ---------------------------------------------------------
+    def decision_function(self, x: Any) -> torch.Tensor:
+        """Scores W phi(x) of shape (n, k), float64 on the CPU."""
+        self._check_fitted()
+        xs = as_samples(x)
+        if xs.shape[1] != self.n_features_in_:
+            raise ValueError(f"x has {xs.shape[1]} features, the model was fitted on {self.n_features_in_}")
+        device = resolve_device(self.device)
+        fmap = self._feature_map().to(device)
+        weights_t = self.weights_.T.to(device)
+        out = [
+            (fmap(xc).to(torch.float64) @ weights_t).cpu()
+            for xc, _ in iter_array_chunks(xs, None, self.chunk_size, device)
+        ]
+        return torch.cat(out)
+
+    def predict(self, x: Any) -> torch.Tensor:
+        """Class labels (n,) int64: argmax of the scores."""
+        return self.decision_function(x).argmax(dim=1)
+
+    def score(self, x: Any, y: Any) -> float:
+        """Accuracy of ``predict(x)`` against labels (n,) or the argmax of targets (n, k)."""
+        predicted = self.predict(x)
+        targets, _ = as_targets(y, predicted.shape[0], self.n_classes_)
+        return float((predicted == targets.argmax(dim=1)).to(torch.float64).mean())
+
+    # -- helpers ------------------------------------------------------------
+    def _feature_map(self) -> FeatureMap:
+        if self.feature_map is None:
+            self.feature_map = Identity()
+        return self.feature_map
+
+    def _eval_data(self, eval_set, device) -> tuple[torch.Tensor, torch.Tensor]:
+        if not (isinstance(eval_set, (tuple, list)) and len(eval_set) == 2):
+            raise ValueError("eval_set must be a pair (x_val, y_val)")
+        xv = as_samples(eval_set[0], name="x_val")
+        tv, _ = as_targets(eval_set[1], xv.shape[0], self.n_classes, name="y_val")
+        return to_tensor(xv, device, name="x_val"), tv.to(device)
+
+    def _check_params(self) -> None:
+        if self.feature_map is not None and not isinstance(self.feature_map, FeatureMap):
+            raise TypeError(f"feature_map must be a distillmem FeatureMap, got {type(self.feature_map).__name__}")
+        if isinstance(self.reg, str):
+            if self.reg != "auto":
+                raise ValueError(f'reg must be a float >= 0 or "auto", got {self.reg!r}')
+        elif not (isinstance(self.reg, (int, float, np.floating)) and np.isfinite(self.reg) and self.reg >= 0):
+            raise ValueError(f'reg must be a float >= 0 or "auto", got {self.reg!r}')
+        if self.reg_grid is not None and (len(self.reg_grid) == 0 or min(self.reg_grid) < 0):
+            raise ValueError(f"reg_grid must be a non-empty sequence of values >= 0, got {self.reg_grid!r}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        if int(self.chunk_size) < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size!r}")
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "weights_"):
+            raise RuntimeError("this KRR is not fitted yet: call fit(x, y) before predict or score")
