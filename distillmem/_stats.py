@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from scipy.linalg import blas
 from tqdm.auto import tqdm
 
 from ._validation import ArrayLike, as_samples, as_targets, is_array, to_tensor
@@ -73,7 +74,7 @@ def accumulate_moments(
     for x, t in tqdm(chunks, total=total, desc="features", unit="chunk", disable=not progress, leave=False):
         feature_map.check_input(x)
         f = feature_map(x)
-        chunk_gram = (f.T @ f).to(torch.float64)
+        chunk_gram = _upper_gram(f).to(torch.float64)
         chunk_cross = (f.T @ t.to(f.dtype)).to(torch.float64)
         if gram is None:
             gram, cross = chunk_gram, chunk_cross
@@ -83,9 +84,23 @@ def accumulate_moments(
         n += x.shape[0]
     if gram is None:
         raise ValueError("the data is empty: no batch was given")
+    gram = gram.triu() + gram.triu(1).T
     if not bool(torch.isfinite(gram).all()):
         raise ValueError("the features overflowed (non-finite Gram matrix): scale the inputs down or pass float64 data")
     return Moments(gram, cross, n, x.shape[1])
+
+
+def _upper_gram(f: torch.Tensor) -> torch.Tensor:
+    """F^T F (p, p) for features F (b, p); on the CPU only its upper triangle is valid.
+
+    BLAS syrk computes one triangle, half the work of a matrix product; the
+    caller symmetrises the accumulated sum once.
+    """
+    if f.device.type != "cpu":
+        return f.T @ f
+    syrk = blas.dsyrk if f.dtype == torch.float64 else blas.ssyrk
+    # A row-major (b, p) array is the Fortran-ordered (p, b) array F^T: no copy.
+    return torch.from_numpy(syrk(1.0, f.contiguous().numpy().T, trans=0, lower=0))
 
 
 def n_chunks(n: int, chunk_size: int) -> int:

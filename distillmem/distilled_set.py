@@ -16,6 +16,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from ._io import atomic_write_bytes
+from .data import unnormalize
 from .features import FeatureMap, from_spec
 
 FORMAT = "distillmem.DistilledSet"
@@ -100,10 +101,7 @@ class DistilledSet:
         images = self.x.reshape(len(self), *self.image_shape)
         if self.mean is None or self.std is None:
             return images
-        shape = (1, -1) + (1,) * (len(self.image_shape) - 1)
-        std = torch.tensor(self.std, dtype=images.dtype).reshape(shape)
-        mean = torch.tensor(self.mean, dtype=images.dtype).reshape(shape)
-        return images * std + mean
+        return unnormalize(images, self.mean, self.std)
 
     # -- files --------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
