@@ -33,27 +33,15 @@ def solve_primal(gram: torch.Tensor, cross: torch.Tensor, reg: float) -> torch.T
     return Spectral.primal(gram, cross).weights_t(reg)
 
 
-def solve_dual(features: torch.Tensor, targets: torch.Tensor, reg: float) -> torch.Tensor:
-    """W^T = Phi^T (Phi Phi^T + reg I)^-1 T, or pinv(Phi) T for reg = 0; Phi (n, p), T (n, k)."""
-    if reg == 0:
-        return pinv(features) @ targets
-    kernel = features @ features.T
-    kernel.diagonal().add_(reg)
-    factor, info = torch.linalg.cholesky_ex(kernel)
-    if int(info) == 0:
-        return features.T @ torch.cholesky_solve(targets, factor)
-    warnings.warn("K + reg*I is not numerically positive definite; using the eigendecomposition", stacklevel=3)
-    return Spectral.dual(features, targets).weights_t(reg)
-
-
 @dataclass
 class Spectral:
     """W^T(reg) = lift diag(1 / (eig + reg)) coef for every reg from one eigendecomposition.
 
     Primal: G = U diag(e) U^T, lift = U, coef = U^T R.
-    Dual:   Phi Phi^T = V diag(e) V^T, lift = Phi^T V, coef = V^T T.
-    Directions with e below the rank tolerance are dropped, which makes
-    reg = 0 the pseudo-inverse solution.
+    SVD:    Phi = U diag(s) V^T, e = s^2, lift = V, coef = diag(s) U^T T; this
+            never forms a Gram, so it keeps the full precision at reg = 0.
+    Directions below the rank tolerance are dropped, which makes reg = 0 the
+    pseudo-inverse solution.
     """
 
     eig: torch.Tensor  # (r,)
@@ -68,12 +56,11 @@ class Spectral:
         return cls(eig[keep], vecs, vecs.T @ cross)
 
     @classmethod
-    def dual(cls, features: torch.Tensor, targets: torch.Tensor) -> "Spectral":
-        kernel = features @ features.T
-        eig, vecs = torch.linalg.eigh(kernel)
-        keep = eig > rank_tol(kernel, float(eig[-1].clamp_min(0)))
-        vecs = vecs[:, keep]
-        return cls(eig[keep], features.T @ vecs, vecs.T @ targets)
+    def svd(cls, features: torch.Tensor, targets: torch.Tensor) -> "Spectral":
+        left, sing, right_t = torch.linalg.svd(features, full_matrices=False)
+        keep = sing > rank_tol(features, float(sing[0])) if sing.numel() else sing > 0
+        left, sing = left[:, keep], sing[keep]
+        return cls(sing**2, right_t[keep].T, sing[:, None] * (left.T @ targets))
 
     def weights_t(self, reg: float) -> torch.Tensor:
         return self.lift @ (self.coef / (self.eig + reg)[:, None])

@@ -71,7 +71,7 @@ def accumulate_moments(
     """Moments of phi over (x, targets) chunks; features in the chunk dtype, sums in float64."""
     gram = cross = None
     n = 0
-    for x, t in tqdm(chunks, total=total, desc="features", unit="chunk", disable=not progress, leave=False):
+    for x, t in tqdm(chunks, total=total, desc="features", unit="chunk", disable=not progress, leave=False, delay=1.0):
         feature_map.check_input(x)
         f = feature_map(x)
         chunk_gram = _upper_gram(f).to(torch.float64)

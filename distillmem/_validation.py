@@ -32,7 +32,8 @@ def as_samples(x: Any, name: str = "x") -> ArrayLike:
 
 def to_tensor(x: ArrayLike, device: torch.device, *, first_row: int = 0, name: str = "x") -> torch.Tensor:
     """A float chunk on ``device``: float32/float64 kept, anything else float64; NaN/Inf rejected."""
-    t = torch.as_tensor(np.asarray(x)) if isinstance(x, np.ndarray) else x
+    # np.array copies, so read-only memmaps become ordinary writable chunks.
+    t = torch.from_numpy(np.array(x)) if isinstance(x, np.ndarray) else x
     if t.dtype not in _FLOAT_DTYPES:
         t = t.to(torch.float64)
     t = t.to(device)

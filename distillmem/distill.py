@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ._solvers import pinv, rank_tol
-from ._validation import as_samples, as_targets, check_labels, resolve_device, to_tensor
+from ._validation import as_samples, as_targets, check_labels, is_array, resolve_device, to_tensor
 from .distilled_set import DistilledSet
 from .features import FeatureMap
 from .krr import KRR
@@ -155,6 +155,8 @@ class KRRDistiller:
         start = time.perf_counter()
         self._check_params()
         device = resolve_device(self.device)
+        if teacher is not None and not hasattr(teacher, "weights_"):
+            raise ValueError("teacher must be a fitted KRR: call teacher.fit(x, y) first")
         fmap = self._resolve_feature_map(teacher)
         if not fmap.surjective:
             raise ValueError(
@@ -162,24 +164,23 @@ class KRRDistiller:
                 "so exact distillation has no preimage; use a map with p <= d"
             )
         if teacher is None:
-            if x is None or y is None:
-                raise ValueError("x and y are required unless a fitted teacher is given")
+            if x is None:
+                raise ValueError("x (and y, unless x is an iterable of (x, y) batches) is required unless a fitted teacher is given")
             teacher = KRR(
                 fmap, self.reg, seed=self.seed, n_classes=self.n_classes, chunk_size=self.chunk_size,
                 device=self.device, progress=self.progress,
             ).fit(x, y, eval_set=eval_set)
-        elif not hasattr(teacher, "weights_"):
-            raise ValueError("teacher must be a fitted KRR: call teacher.fit(x, y) first")
         weights = teacher.weights_.to(device)
         k = weights.shape[0]
         gen = torch.Generator().manual_seed(self.seed)
-        labels = class_interleaved_labels(k, self.ipc)
+        ipc = int(self.ipc)
+        labels = class_interleaved_labels(k, ipc)
         targets = torch.nn.functional.one_hot(labels, k).to(torch.float64).to(device)
         soft_used = False
         if self.init == "real":
-            if x is None or y is None:
-                raise ValueError('init="real" needs the real data x and y')
-            reference = self._reference_points(x, y, k, gen, device)
+            if not (is_array(x) and is_array(y)):
+                raise ValueError('init="real" needs the real data x and y as arrays')
+            reference = self._reference_points(x, y, ipc, teacher, gen, device)
             ref_inverse = regularized_pinv(
                 fmap(reference).to(torch.float64), 0.0 if self.reg_s == "bound" else float(self.reg_s)
             )
@@ -228,10 +229,10 @@ class KRRDistiller:
             provenance={
                 "dataset": dataset,
                 "n": teacher.n_samples_,
-                "ipc": self.ipc,
+                "ipc": ipc,
                 "init": self.init,
                 "soft_labels": soft_used,
-                "seed": self.seed,
+                "seed": int(self.seed),
                 "teacher_reg": teacher.reg_,
                 "reg_s": reg_s,
                 "root": self.root,
@@ -244,18 +245,21 @@ class KRRDistiller:
         )
         return self
 
-    def _reference_points(self, x, y, k: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    def _reference_points(self, x, y, ipc: int, teacher: KRR, gen: torch.Generator, device: torch.device) -> torch.Tensor:
         """ipc real points per class, interleaved like the labels: (m, d)."""
         xs = as_samples(x)
+        if xs.shape[1] != teacher.n_features_in_:
+            raise ValueError(f"x has {xs.shape[1]} features, the teacher was fitted on {teacher.n_features_in_}")
+        k = teacher.n_classes_
         targets, _ = as_targets(y, xs.shape[0], k)
         classes = targets.argmax(dim=1)
         check_labels(classes, k)
         picks = []
         for c in range(k):
             members = (classes == c).nonzero().flatten()
-            if members.numel() < self.ipc:
-                raise ValueError(f'init="real" needs {self.ipc} points of class {c}, the data has {members.numel()}')
-            picks.append(members[torch.randperm(members.numel(), generator=gen)[: self.ipc]])
+            if members.numel() < ipc:
+                raise ValueError(f'init="real" needs {ipc} points of class {c}, the data has {members.numel()}')
+            picks.append(members[torch.randperm(members.numel(), generator=gen)[:ipc]])
         order = torch.stack(picks, dim=1).flatten()  # row-major over (ipc, k): class j mod k
         index = order.numpy() if isinstance(xs, np.ndarray) else order
         return to_tensor(xs[index], device).to(torch.float64)
@@ -284,6 +288,8 @@ class KRRDistiller:
                 raise ValueError(f'reg_s must be a float >= 0 or "bound", got {self.reg_s!r}')
         elif not (np.isfinite(self.reg_s) and self.reg_s >= 0):
             raise ValueError(f'reg_s must be a float >= 0 or "bound", got {self.reg_s!r}')
+        if not isinstance(self.seed, (int, np.integer)):
+            raise TypeError(f"seed must be an integer, got {self.seed!r}")
         if not self.noise_scale > 0:
             raise ValueError(f"noise_scale must be > 0, got {self.noise_scale!r}")
 

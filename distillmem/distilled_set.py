@@ -119,7 +119,8 @@ class DistilledSet:
             "std": self.std,
             "provenance": self.provenance,
         }
-        header = {"format": FORMAT, "format_version": FORMAT_VERSION, "meta": json.dumps(meta), "sha256": _digest(tensors)}
+        meta_json = json.dumps(meta)
+        header = {"format": FORMAT, "format_version": FORMAT_VERSION, "meta": meta_json, "sha256": _digest(tensors, meta_json)}
         return atomic_write_bytes(path, save_tensors(tensors, metadata=header))
 
     @classmethod
@@ -140,8 +141,8 @@ class DistilledSet:
             raise ValueError(f"{path} is corrupt or truncated: {exc}") from None
         if set(tensors) != set(_TENSORS):
             raise ValueError(f"{path} holds tensors {sorted(tensors)}, expected {list(_TENSORS)}")
-        if _digest(tensors) != header.get("sha256"):
-            raise ValueError(f"{path} is corrupt: its tensor checksum does not match")
+        if _digest(tensors, header.get("meta", "")) != header.get("sha256"):
+            raise ValueError(f"{path} is corrupt: its checksum does not match its contents")
         try:
             meta = json.loads(header["meta"])
             return cls(
@@ -159,8 +160,9 @@ class DistilledSet:
             raise ValueError(f"{path} has malformed DistilledSet metadata: {exc!r}") from None
 
 
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
-    sha = hashlib.sha256()
+def _digest(tensors: dict[str, torch.Tensor], meta_json: str) -> str:
+    """sha256 over the tensors' bytes and the metadata, so a flipped byte anywhere is caught."""
+    sha = hashlib.sha256(meta_json.encode())
     for name in _TENSORS:
         sha.update(tensors[name].numpy().tobytes())
     return sha.hexdigest()

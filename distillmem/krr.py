@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._solvers import Spectral, solve_dual, solve_primal
+from ._solvers import Spectral, solve_primal
 from ._stats import Moments, accumulate_moments, iter_array_chunks, iter_batches, n_chunks
 from ._validation import as_samples, as_targets, is_array, resolve_device, to_tensor
 from .data import train_val_split
@@ -20,6 +20,12 @@ PAPER_REG_GRID: tuple[float, ...] = tuple(10.0 ** (e / 2) for e in range(-12, 12
 LINEAR_REG_GRID: tuple[float, ...] = tuple(10.0 ** (e / 2) for e in range(-6, 12))
 
 
+SOLVERS = ("auto", "primal", "svd")
+#: In-memory problems with at most this many feature entries (128 MiB in float64)
+#: are solved from the SVD of the features rather than from their Gram.
+SVD_MAX_ENTRIES = 2**24
+
+
 def default_reg_grid(feature_map: FeatureMap) -> tuple[float, ...]:
     return LINEAR_REG_GRID if isinstance(feature_map, Identity) else PAPER_REG_GRID
 
@@ -27,9 +33,12 @@ def default_reg_grid(feature_map: FeatureMap) -> tuple[float, ...]:
 class KRR:
     """Kernel ridge regression f(x) = W phi(x), W of shape (k, p).
 
-    Minimises ||Phi W^T - T||^2 + reg ||W||^2 over samples (rows). Solves in
-    the primal (p x p Gram, accumulated in chunks, memory O(p^2 + chunk)) when
-    n >= p or the data is streamed, and in the dual (n x n kernel) otherwise.
+    Minimises ||Phi W^T - T||^2 + reg ||W||^2 over samples (rows). Two solvers:
+    ``"primal"`` accumulates the p x p Gram in chunks (memory O(p^2 + chunk),
+    whatever n); ``"svd"`` takes the thin SVD of the (n, p) features, which
+    forms no Gram and so stays exact at reg = 0 on ill-conditioned features
+    (distilled sets are such data). ``"auto"`` uses the primal for streamed
+    data and for n >= p with n * p > 2^24 entries, and the SVD otherwise.
     Features are computed in the dtype of the inputs (float32 or float64; other
     dtypes become float64); Gram matrices and solves are always float64.
 
@@ -51,6 +60,7 @@ class KRR:
         For ``"auto"`` with the internal split: refit on all the data at the
         chosen lambda (True), or keep the model fitted on the training part,
         as in the paper's protocol (False).
+    solver : {"auto", "primal", "svd"}
     n_classes : int, optional
         k for integer labels; default max(y) + 1 with every class present.
     chunk_size : int
@@ -71,7 +81,7 @@ class KRR:
     n_samples_ : int
         Samples the final weights were fitted on.
     solver_ : str
-        ``"primal"`` or ``"dual"``.
+        ``"primal"`` or ``"svd"``.
     val_accuracy_ : dict[float, float]
         Validation accuracy per lambda (only for ``reg="auto"``).
     """
@@ -85,6 +95,7 @@ class KRR:
         val_fraction: float = 0.05,
         seed: int = 0,
         refit: bool = True,
+        solver: str = "auto",
         n_classes: int | None = None,
         chunk_size: int = 8192,
         device: str | torch.device | None = None,
@@ -96,6 +107,7 @@ class KRR:
         self.val_fraction = val_fraction
         self.seed = seed
         self.refit = refit
+        self.solver = solver
         self.n_classes = n_classes
         self.chunk_size = chunk_size
         self.device = device
@@ -126,6 +138,8 @@ class KRR:
             raise ValueError('reg="auto" on an iterable of batches needs eval_set=(x_val, y_val)')
 
         if streamed:
+            if self.solver == "svd":
+                raise ValueError('solver="svd" needs the data as an array, not an iterable of batches')
             moments = accumulate_moments(fmap, iter_batches(x, self.n_classes, device), progress=self.progress)
             if val is not None and val[0].shape[1] != moments.in_features:
                 raise ValueError(f"eval_set has {val[0].shape[1]} features, the batches have {moments.in_features}")
@@ -146,8 +160,9 @@ class KRR:
             split = torch.zeros(xs.shape[0], dtype=torch.bool)
             split[val_idx] = True
 
-        if xs.shape[0] < p:
-            self._fit_dual(fmap, xs, targets, split, val, device)
+        small = xs.shape[0] < p or xs.shape[0] * p <= SVD_MAX_ENTRIES
+        if self.solver == "svd" or (self.solver == "auto" and small):
+            self._fit_svd(fmap, xs, targets, split, val, device)
         else:
             self._fit_primal(fmap, xs, targets, split, val, device)
         return self
@@ -194,28 +209,28 @@ class KRR:
             weights_t, n = solve_primal(moments.gram, moments.cross, reg), moments.n
         self._store(weights_t, reg, n, moments.cross.shape[1], "primal")
 
-    def _fit_dual(self, fmap, xs, targets, split, val, device) -> None:
+    def _fit_svd(self, fmap, xs, targets, split, val, device) -> None:
         x_all = to_tensor(xs, device)
         fmap.check_input(x_all)
         features = fmap(x_all).to(torch.float64)
         targets = targets.to(device)
-        if self.reg == "auto":
-            if split is not None:
-                split = split.to(device)
-                val = (x_all[split], targets[split])
-                spectral = Spectral.dual(features[~split], targets[~split])
-            else:
-                spectral = Spectral.dual(features, targets)
-            reg = self._select_reg(spectral, fmap(val[0]), val[1])
-            if split is not None and self.refit:
-                weights_t, n = solve_dual(features, targets, reg), features.shape[0]
-            else:
-                weights_t = spectral.weights_t(reg)
-                n = features.shape[0] - (0 if split is None else int(split.sum()))
-        else:
+        if self.reg != "auto":
             reg = float(self.reg)
-            weights_t, n = solve_dual(features, targets, reg), features.shape[0]
-        self._store(weights_t, reg, n, targets.shape[1], "dual")
+            self._store(Spectral.svd(features, targets).weights_t(reg), reg, features.shape[0], targets.shape[1], "svd")
+            return
+        if split is None:
+            spectral = Spectral.svd(features, targets)
+        else:
+            split = split.to(device)
+            val = (x_all[split], targets[split])
+            spectral = Spectral.svd(features[~split], targets[~split])
+        reg = self._select_reg(spectral, fmap(val[0]), val[1])
+        n = features.shape[0]
+        if split is not None and self.refit:
+            spectral = Spectral.svd(features, targets)
+        elif split is not None:
+            n -= int(split.sum())
+        self._store(spectral.weights_t(reg), reg, n, targets.shape[1], "svd")
 
     def _select_reg(self, spectral: Spectral, val_features: torch.Tensor, val_targets: torch.Tensor) -> float:
         grid = [float(r) for r in (self.reg_grid if self.reg_grid is not None else default_reg_grid(self._feature_map()))]
@@ -283,8 +298,12 @@ class KRR:
             raise ValueError(f'reg must be a float >= 0 or "auto", got {self.reg!r}')
         if self.reg_grid is not None and (len(self.reg_grid) == 0 or min(self.reg_grid) < 0):
             raise ValueError(f"reg_grid must be a non-empty sequence of values >= 0, got {self.reg_grid!r}")
+        if not isinstance(self.seed, (int, np.integer)):
+            raise TypeError(f"seed must be an integer, got {self.seed!r}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
         if int(self.chunk_size) < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size!r}")
 

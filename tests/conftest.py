@@ -27,15 +27,26 @@ def _problem(
 
 
 def _naive_ridge(features: torch.Tensor, targets: torch.Tensor, reg: float) -> torch.Tensor:
-    """W (k, p) minimising ||F W^T - T||^2 + reg ||W||^2, from the explicit Gram or kernel.
+    """W (k, p) minimising ||F W^T - T||^2 + reg ||W||^2, from the thin SVD F = U S V^T.
 
-    reg = 0 gives the minimum-norm least-squares solution pinv(F) T.
+    W^T = V diag(s / (s^2 + reg)) U^T T; for reg = 0 this is pinv(F) T, the
+    minimum-norm least-squares solution (torch.linalg.pinv's default cut-off).
+    The SVD form does not square the condition number of F, so it stays a
+    float64-exact reference on the ill-conditioned distilled sets too.
     """
     features = features.to(torch.float64)
     targets = targets.to(torch.float64)
-    n, p = features.shape
     if reg == 0:
         return (torch.linalg.pinv(features) @ targets).T
+    u, s, vh = torch.linalg.svd(features, full_matrices=False)
+    return (vh.T @ ((s / (s**2 + reg))[:, None] * (u.T @ targets))).T
+
+
+def _gram_ridge(features: torch.Tensor, targets: torch.Tensor, reg: float) -> torch.Tensor:
+    """The same ridge from the explicit Gram (n >= p) or kernel (n < p) with torch.linalg.solve; reg > 0."""
+    features = features.to(torch.float64)
+    targets = targets.to(torch.float64)
+    n, p = features.shape
     if n >= p:
         gram = features.T @ features + reg * torch.eye(p, dtype=torch.float64)
         return torch.linalg.solve(gram, features.T @ targets).T
@@ -65,6 +76,11 @@ def problem():
 @pytest.fixture
 def naive_ridge():
     return _naive_ridge
+
+
+@pytest.fixture
+def gram_ridge():
+    return _gram_ridge
 
 
 @pytest.fixture

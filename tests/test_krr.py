@@ -37,23 +37,23 @@ def noisy(make_problem, n: int, seed: int = 0):
 
 
 @pytest.mark.parametrize("map_name", list(MAPS))
-@pytest.mark.parametrize("n, solver", [(300, "primal"), (15, "dual")])
+@pytest.mark.parametrize("n, solver", [(300, "primal"), (300, "svd"), (15, "svd")])
 @pytest.mark.parametrize("reg", [1e-3, 1.0])
 def test_positive_reg_matches_naive_ridge(make_problem, naive_ridge, rel_err, map_name, n, solver, reg):
     x, y = make_problem(n=n)
     fmap = MAPS[map_name]()
-    model = KRR(fmap, reg=reg).fit(x, y)
+    model = KRR(fmap, reg=reg, solver=solver).fit(x, y)
     expected = naive_ridge(fmap(x), one_hot(y), reg)
     assert model.solver_ == solver
     assert rel_err(model.weights_, expected) < 1e-10
 
 
 @pytest.mark.parametrize("map_name", list(MAPS))
-@pytest.mark.parametrize("n, solver", [(300, "primal"), (15, "dual")])
+@pytest.mark.parametrize("n, solver", [(300, "primal"), (300, "svd"), (15, "svd")])
 def test_zero_reg_is_minimum_norm_solution(make_problem, naive_ridge, rel_err, map_name, n, solver):
     x, y = make_problem(n=n)
     fmap = MAPS[map_name]()
-    model = KRR(fmap, reg=0).fit(x, y)
+    model = KRR(fmap, reg=0, solver=solver).fit(x, y)
     expected = naive_ridge(fmap(x), one_hot(y), 0.0)
     assert model.solver_ == solver
     assert rel_err(model.weights_, expected) < 1e-9
@@ -63,9 +63,41 @@ def test_zero_reg_rank_deficient_primal_is_minimum_norm(make_problem, naive_ridg
     # 300 samples, 40 columns but only 20 distinct: G is singular, W must be pinv(X) Y.
     x, y = make_problem(n=300, d=20)
     x = torch.cat([x, x], dim=1)
-    model = KRR(Identity(), reg=0).fit(x, y)
+    model = KRR(Identity(), reg=0, solver="primal").fit(x, y)
     assert model.solver_ == "primal"
     assert rel_err(model.weights_, naive_ridge(x, one_hot(y), 0.0)) < 1e-9
+
+
+def ill_conditioned(n: int, p: int = 40, decades: int = 5, seed: int = 0) -> torch.Tensor:
+    """x (n, p) of full rank min(n, p), singular values 1 .. 10^-decades (condition number 10^decades)."""
+    gen = torch.Generator().manual_seed(seed)
+    r = min(n, p)
+    u, _ = torch.linalg.qr(torch.randn(n, r, generator=gen, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(p, r, generator=gen, dtype=torch.float64))
+    return (u * torch.logspace(0, -decades, r, dtype=torch.float64)) @ v.T
+
+
+@pytest.mark.parametrize("n", [30, 40, 60], ids=["n<p", "n=p", "n>p"])
+def test_zero_reg_is_accurate_on_ill_conditioned_full_rank_features(naive_ridge, rel_err, n):
+    # Condition number 1e5, as on a square distilled set (m = p): the float64 minimum-norm
+    # solution is determined to ~1e-11; solving through Phi^T Phi squares the condition number.
+    x = ill_conditioned(n)
+    y = torch.arange(n) % 4
+    model = KRR(Identity(), reg=0).fit(x, y)
+    assert rel_err(model.weights_, naive_ridge(x, one_hot(y), 0.0)) < 1e-9
+
+
+@pytest.mark.parametrize("n, budget, expected", [(300, 2**24, "svd"), (300, 100, "primal"), (15, 100, "svd")])
+def test_auto_solver_uses_the_svd_unless_n_ge_p_and_the_features_are_large(make_problem, monkeypatch, n, budget, expected):
+    monkeypatch.setattr("distillmem.krr.SVD_MAX_ENTRIES", budget)
+    x, y = make_problem(n=n)
+    assert KRR(Identity(), reg=1.0).fit(x, y).solver_ == expected
+
+
+def test_svd_solver_rejects_streamed_batches(make_problem):
+    x, y = make_problem(n=40)
+    with pytest.raises(ValueError, match="needs the data as an array"):
+        KRR(Identity(), reg=1.0, solver="svd", n_classes=4).fit([(x, y)])
 
 
 def test_weights_have_documented_shape_dtype_and_device(problem):
