@@ -208,7 +208,7 @@ def test_non_expanding_maps_are_surjective(name):
     assert SURJECTIVE[name](0).surjective is True
 
 
-@pytest.mark.parametrize(
+WIDENING = pytest.mark.parametrize(
     "fmap, width",
     [
         (RandomFCNN(20, widths=(40,), seed=0), 40),
@@ -217,20 +217,15 @@ def test_non_expanding_maps_are_surjective(name):
     ],
     ids=["fcnn-widening", "fcnn-narrow-then-wide", "rff-p>d"],
 )
+
+
+@WIDENING
 def test_widening_maps_are_not_surjective(fmap, width):
     assert fmap.out_features(fmap.in_features) == width
     assert fmap.surjective is False
 
 
-@pytest.mark.parametrize(
-    "fmap, width",
-    [
-        (RandomFCNN(20, widths=(40,), seed=0), 40),
-        (RandomFCNN(D, widths=(20, 30), seed=0), 30),
-        (RandomFourier(20, 40, seed=0), 40),
-    ],
-    ids=["fcnn-widening", "fcnn-narrow-then-wide", "rff-p>d"],
-)
+@WIDENING
 def test_widening_maps_have_no_preimage(fmap, width):
     feats = 0.01 * inputs(n=3, d=width)
     with pytest.raises(ValueError, match="not surjective"):
