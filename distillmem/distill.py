@@ -22,7 +22,7 @@ import torch
 from ._solvers import pinv, rank_tol
 from ._validation import as_samples, as_targets, check_labels, is_array, resolve_device, to_tensor
 from .distilled_set import DistilledSet
-from .features import FeatureMap
+from .features import FeatureMap, Identity
 from .krr import KRR
 
 INITS = ("noise", "real")
@@ -266,12 +266,8 @@ class KRRDistiller:
 
     def _resolve_feature_map(self, teacher: KRR | None) -> FeatureMap:
         if teacher is None:
-            if self.feature_map is None:
-                from .features import Identity
-
-                self.feature_map = Identity()
-            return self.feature_map
-        teacher_map = teacher.feature_map
+            return Identity() if self.feature_map is None else self.feature_map
+        teacher_map = teacher.feature_map_
         if self.feature_map is not None and self.feature_map.spec() != teacher_map.spec():
             raise ValueError(f"feature_map {self.feature_map!r} differs from the teacher's {teacher_map!r}")
         return teacher_map

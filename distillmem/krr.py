@@ -66,12 +66,15 @@ class KRR:
     chunk_size : int
         Rows per chunk when computing features.
     device : str or torch.device, optional
-        Where features and solves run; weights are kept on the CPU.
+        Where features and solves run (the feature map is moved there);
+        ``weights_`` are kept on the CPU.
     progress : bool
         Show a progress bar over chunks.
 
     Attributes
     ----------
+    feature_map_ : FeatureMap
+        The map used (``Identity()`` when none was given).
     weights_ : torch.Tensor of shape (k, p), float64
     reg_ : float
         The lambda of ``weights_``.
@@ -122,7 +125,7 @@ class KRR:
         selects lambda for ``reg="auto"`` on that set and fits on ``x`` only.
         """
         self._check_params()
-        fmap = self._feature_map()
+        fmap = self.feature_map_ = Identity() if self.feature_map is None else self.feature_map
         device = resolve_device(self.device)
         fmap.to(device)
         streamed = not is_array(x)
@@ -193,7 +196,7 @@ class KRR:
         self._finish_primal(moments, val, held)
 
     def _finish_primal(self, moments: Moments, val, held: Moments | None) -> None:
-        fmap = self._feature_map()
+        fmap = self.feature_map_
         if self.reg == "auto":
             spectral = Spectral.primal(moments.gram, moments.cross)
             reg = self._select_reg(spectral, fmap(val[0]), val[1])
@@ -233,7 +236,7 @@ class KRR:
         self._store(spectral.weights_t(reg), reg, n, targets.shape[1], "svd")
 
     def _select_reg(self, spectral: Spectral, val_features: torch.Tensor, val_targets: torch.Tensor) -> float:
-        grid = [float(r) for r in (self.reg_grid if self.reg_grid is not None else default_reg_grid(self._feature_map()))]
+        grid = [float(r) for r in (self.reg_grid if self.reg_grid is not None else default_reg_grid(self.feature_map_))]
         truth = val_targets.argmax(dim=1)
         accuracy = {}
         for reg, scores in zip(grid, spectral.scores(val_features, grid)):
@@ -257,7 +260,7 @@ class KRR:
         if xs.shape[1] != self.n_features_in_:
             raise ValueError(f"x has {xs.shape[1]} features, the model was fitted on {self.n_features_in_}")
         device = resolve_device(self.device)
-        fmap = self._feature_map().to(device)
+        fmap = self.feature_map_.to(device)
         weights_t = self.weights_.T.to(device)
         out = [
             (fmap(xc).to(torch.float64) @ weights_t).cpu()
@@ -276,11 +279,6 @@ class KRR:
         return float((predicted == targets.argmax(dim=1)).to(torch.float64).mean())
 
     # -- helpers ------------------------------------------------------------
-    def _feature_map(self) -> FeatureMap:
-        if self.feature_map is None:
-            self.feature_map = Identity()
-        return self.feature_map
-
     def _eval_data(self, eval_set, device) -> tuple[torch.Tensor, torch.Tensor]:
         if not (isinstance(eval_set, (tuple, list)) and len(eval_set) == 2):
             raise ValueError("eval_set must be a pair (x_val, y_val)")
