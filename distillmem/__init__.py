@@ -5,10 +5,30 @@ package does not import avalanche or flwr.
 """
 
 from . import data, features
+from .baselines import herding, kip, random_subset
 from .distill import KRRDistiller, distill
 from .distilled_set import DistilledSet
+from .features.linear import distill_deep_linear
 from .krr import KRR
+from .label_only import distill_labels
+from .memory import MomentMemory
+from .privacy import distill_private
 
 __version__ = "0.1.0"
 
-__all__ = ["KRR", "DistilledSet", "KRRDistiller", "data", "distill", "features", "__version__"]
+__all__ = [
+    "KRR",
+    "DistilledSet",
+    "KRRDistiller",
+    "MomentMemory",
+    "data",
+    "distill",
+    "features",
+    "herding",
+    "kip",
+    "random_subset",
+    "distill_labels",
+    "distill_deep_linear",
+    "distill_private",
+    "__version__",
+]

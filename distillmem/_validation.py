@@ -20,6 +20,11 @@ def as_samples(x: Any, name: str = "x") -> ArrayLike:
     """View ``x`` of shape (n, ...) as (n, d) without copying (memmaps stay on disk)."""
     if not is_array(x):
         raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+    # Checked on the dtype alone, so a memmap is not read: complex values would lose
+    # their imaginary part and strings or objects cannot become features.
+    real = not x.dtype.is_complex if isinstance(x, torch.Tensor) else x.dtype.kind in "biuf"
+    if not real:
+        raise ValueError(f"{name} must hold real numbers (float, integer or bool), found dtype {x.dtype}")
     if x.ndim < 1 or x.shape[0] == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); at least one sample is needed")
     if x.ndim == 1:
@@ -54,7 +59,8 @@ def as_targets(y: Any, n: int, n_classes: int | None, name: str = "y") -> tuple[
     """
     if not is_array(y):
         raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(y).__name__}")
-    t = torch.as_tensor(np.asarray(y)) if isinstance(y, np.ndarray) else y.detach().cpu()
+    # np.array copies: a read-only memmap of labels becomes an ordinary array (small: n x k at most).
+    t = torch.from_numpy(np.array(y)) if isinstance(y, np.ndarray) else y.detach().cpu()
     if t.shape[0] != n:
         raise ValueError(f"x and {name} have different numbers of samples: {n} != {t.shape[0]}")
     if t.ndim == 2:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import os
+import stat
 import struct
 
 import numpy as np
@@ -362,3 +364,11 @@ def test_bad_reg_raises(reg):
     x, y, labels, spec = components()
     with pytest.raises(ValueError, match="reg must be >= 0"):
         DistilledSet(x, y, labels, spec, reg)
+
+
+def test_saved_file_has_ordinary_permissions(tmp_path):
+    # The temporary file behind the atomic write is created 0600; the result must not be.
+    path = saved(tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask

@@ -1,0 +1,522 @@
+"""A frozen user torch module as a feature map, and the non-surjective distillation route.
+
+``ModuleMap`` wraps any module mapping (n, d) -> (n, ...) (a frozen backbone,
+for example); its output is flattened to (n, p). It has no exact inverse, so
+``surjective`` is False and ``preimage`` is approximate: it minimises
+||phi(x) - F||^2 over x by L-BFGS or Adam and reports the remaining relative
+feature residual.
+
+``distill_approximate`` is the fallback of theory.md section 7 (paper section
+5.2): the Theorem 5.1 target features, an optimised preimage, then the
+Theorem 4.2 least-squares labels on the features actually reached, which
+minimise the weight error for those points (zero once m >= p and the
+recovered features have rank p).
+
+Serialization: a module cannot be rebuilt from JSON, so ``spec()`` records a
+description instead: the module's class, its (truncated) repr and a sha256
+fingerprint of its state. A DistilledSet made with a ModuleMap saves and loads
+normally, but ``from_spec`` on that spec raises a ValueError that asks for
+the module; ``ModuleMap.rebuild(spec, module)`` takes it and checks the
+fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .base import FeatureMap, check_width
+
+OPTIMIZERS = ("lbfgs", "adam")
+_DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.05}
+_DESCRIPTION_CHARS = 2000
+
+
+def module_fingerprint(module: nn.Module) -> str:
+    """sha256 over the module's class name and its state (names, dtypes, shapes, bytes)."""
+    sha = hashlib.sha256(f"{type(module).__module__}.{type(module).__qualname__}".encode())
+    state = module.state_dict()
+    if not state:
+        sha.update(repr(module).encode())
+    for key, value in state.items():
+        sha.update(key.encode())
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            sha.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            sha.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        else:
+            sha.update(repr(value).encode())
+    return sha.hexdigest()
+
+
+class ModuleMap(FeatureMap):
+    """phi(x) = flatten(module(x)) for a frozen user module; approximate preimage by optimisation.
+
+    The module is frozen in place (``requires_grad_(False)``, ``eval()``) and
+    registered as a submodule, so moving the map moves the module. It runs in
+    the dtype of its floating parameters (inputs are cast to it and outputs
+    cast back to the input dtype); use ``module.double()`` for float64
+    features, as the exactness checks of KRR and distillation assume.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+    in_features : int
+        d; inputs are (n, d), reshaped to (n, *input_shape) for the module.
+    out_features : int, optional
+        Expected p; checked against the module's output.
+    input_shape : sequence of int, optional
+        Per-sample shape the module expects (e.g. (C, H, W)); default (d,).
+    steps : int
+        Optimiser iterations of ``preimage``.
+    lr : float, optional
+        Step size; default 1.0 for L-BFGS, 0.05 for Adam.
+    optimizer : {"lbfgs", "adam"}
+    init_scale : float
+        Standard deviation of the seeded N(0, 1) start of ``preimage``.
+    seed : int
+        Seeds the probe inputs and the start of ``preimage``.
+
+    Attributes
+    ----------
+    last_residual_ : float
+        ||phi(x) - F||_F / ||F||_F of the last ``preimage``.
+    last_history_ : list of float
+        The best relative residual so far after each objective evaluation of
+        the last ``preimage`` (one per Adam step; L-BFGS also counts its
+        line-search evaluations).
+    """
+
+    name = "module"
+
+    def __init__(
+        self,
+        module: nn.Module | None = None,
+        in_features: int | None = None,
+        out_features: int | None = None,
+        *,
+        input_shape: Sequence[int] | None = None,
+        steps: int = 200,
+        lr: float | None = None,
+        optimizer: str = "lbfgs",
+        init_scale: float = 1.0,
+        seed: int = 0,
+        description: str | None = None,
+        module_class: str | None = None,
+        fingerprint: str | None = None,
+    ) -> None:
+        super().__init__()
+        if module is None:
+            what = f" ({module_class}: {description[:200]}{'...' if len(description) > 200 else ''})" if description else ""
+            raise ValueError(
+                f"a ModuleMap cannot be rebuilt from its spec alone: the module{what} is not stored. "
+                "Supply it yourself: ModuleMap.rebuild(spec, module), or ModuleMap(module, in_features)"
+            )
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+        if in_features is None or not (isinstance(in_features, (int, np.integer)) and in_features >= 1):
+            raise ValueError(f"in_features must be an int >= 1, got {in_features!r}")
+        in_features = int(in_features)
+        shape = (in_features,) if input_shape is None else tuple(int(s) for s in input_shape)
+        if math.prod(shape) != in_features:
+            raise ValueError(f"input_shape {tuple(input_shape)} has {math.prod(shape)} entries, in_features is {in_features}")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        if not (isinstance(steps, (int, np.integer)) and steps >= 1):
+            raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+        if lr is not None and not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr!r}")
+        if not init_scale > 0:
+            raise ValueError(f"init_scale must be > 0, got {init_scale!r}")
+        module.requires_grad_(False)
+        module.eval()
+        self.module = module
+        self.in_features = in_features
+        self.input_shape = shape
+        self.steps = int(steps)
+        self.lr = None if lr is None else float(lr)
+        self.optimizer = optimizer
+        self.init_scale = float(init_scale)
+        self._seed = int(seed)
+        self._fingerprint: str | None = None
+        self.p = self._probe(out_features)
+        self.last_residual_: float | None = None
+        self.last_history_: list[float] = []
+
+    # -- checks ------------------------------------------------------------
+    def _probe(self, out_features: int | None) -> int:
+        """Run the module on seeded random inputs: output shape, finiteness and input dependence."""
+        gen = torch.Generator().manual_seed(self._seed)
+        dtype = self.compute_dtype or torch.float64
+        device = self._module_device()
+        x1, x2 = (torch.randn(2, self.in_features, generator=gen, dtype=torch.float64).to(device, dtype) for _ in range(2))
+        x1.requires_grad_(True)
+        with torch.enable_grad():
+            out1 = self._run(x1, check=True)
+        out2 = self._run(x2, check=True).detach()
+        p = out1.shape[1]
+        if out_features is not None and int(out_features) != p:
+            raise ValueError(f"the module maps (n, {self.in_features}) inputs to {p} features per sample, not out_features={out_features}")
+        if not bool(torch.isfinite(out1).all() and torch.isfinite(out2).all()):
+            raise ValueError("the module returns NaN or Inf on standard normal inputs")
+        if torch.equal(out1.detach(), out2):
+            raise ValueError(
+                "the module's output does not depend on its input (the same features for two different random "
+                "inputs), so it cannot serve as a feature map"
+            )
+        if not out1.requires_grad:
+            raise ValueError(
+                "the module's output is not differentiable with respect to its input (detached or computed "
+                "under no_grad), so preimages cannot be found by optimisation"
+            )
+        direction = torch.randn(out1.shape, generator=gen, dtype=torch.float64).to(device, out1.dtype)
+        (grad,) = torch.autograd.grad((out1 * direction).sum(), x1, allow_unused=True)
+        if grad is None or not bool((grad != 0).any()):
+            raise ValueError(
+                "the module's Jacobian with respect to its input is zero at random inputs, so its output does not "
+                "depend on its input there and preimages cannot be found by optimisation"
+            )
+        return p
+
+    def _module_device(self) -> torch.device:
+        for t in list(self.module.parameters()) + list(self.module.buffers()):
+            return t.device
+        return torch.device("cpu")
+
+    @property
+    def compute_dtype(self) -> torch.dtype | None:
+        """The dtype the module runs in: that of its first floating parameter or buffer (None if it has none)."""
+        for t in list(self.module.parameters()) + list(self.module.buffers()):
+            if t.is_floating_point():
+                return t.dtype
+        return None
+
+    def _run(self, x: torch.Tensor, check: bool = False) -> torch.Tensor:
+        n = x.shape[0]
+        dtype = self.compute_dtype
+        inp = x.reshape(n, *self.input_shape)
+        if dtype is not None and inp.dtype != dtype:
+            inp = inp.to(dtype)
+        out = self.module(inp)
+        if check:
+            if not isinstance(out, torch.Tensor):
+                raise ValueError(f"the module must return a tensor, got {type(out).__name__}")
+            if out.ndim < 1 or out.shape[0] != n:
+                raise ValueError(
+                    f"the module must keep the batch dimension: (n={n}, ...) inputs gave output of shape {tuple(out.shape)}"
+                )
+            if not out.is_floating_point():
+                raise ValueError(f"the module must return floating-point features, got dtype {out.dtype}")
+            if out[0].numel() == 0:
+                raise ValueError(f"the module returns no features (output shape {tuple(out.shape)})")
+        return out.reshape(n, -1)
+
+    # -- FeatureMap contract -------------------------------------------------
+    @property
+    def seed(self) -> int:
+        return self._seed
+
+    def out_features(self, in_features: int) -> int:
+        return self.p
+
+    @property
+    def surjective(self) -> bool:
+        return False
+
+    def check_input(self, x: torch.Tensor) -> None:
+        check_width(x, self.in_features, "ModuleMap")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._run(x)
+        if out.shape[1] != self.p:
+            raise ValueError(f"the module returned {out.shape[1]} features per sample, expected {self.p}")
+        return out.to(x.dtype)
+
+    def preimage(self, features: torch.Tensor, *, init: torch.Tensor | None = None, steps: int | None = None) -> torch.Tensor:
+        """Approximate x (m, d) with phi(x) ~ features (m, p); the residual is in ``last_residual_``."""
+        return self.preimage_with_residual(features, init=init, steps=steps)[0]
+
+    def preimage_with_residual(
+        self,
+        features: torch.Tensor,
+        *,
+        init: torch.Tensor | None = None,
+        steps: int | None = None,
+        lr: float | None = None,
+        optimizer: str | None = None,
+    ) -> tuple[torch.Tensor, float]:
+        """(x, residual): the best x found and ||phi(x) - F||_F / ||F||_F.
+
+        Starts from ``init`` (m, d) or from ``init_scale`` * N(0, 1) drawn from
+        ``seed``; runs ``steps`` iterations in the module's dtype and on its
+        device; keeps the best iterate. x has the dtype and device of
+        ``features``; the residual is measured in the module's dtype.
+        """
+        check_width(features, self.p, "ModuleMap.preimage")
+        steps = self.steps if steps is None else int(steps)
+        optimizer = self.optimizer if optimizer is None else optimizer
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps!r}")
+        lr = lr if lr is not None else self.lr if self.lr is not None else _DEFAULT_LR[optimizer]
+        m = features.shape[0]
+        dtype = self.compute_dtype or features.dtype
+        device = self._module_device() if self.compute_dtype is not None else features.device
+        target = features.detach().to(device=device, dtype=dtype)
+        if init is None:
+            gen = torch.Generator().manual_seed(self._seed)
+            start = self.init_scale * torch.randn(m, self.in_features, generator=gen, dtype=torch.float64)
+        else:
+            start = torch.as_tensor(init).detach().reshape(m, -1)
+            check_width(start, self.in_features, "ModuleMap.preimage init")
+        x = start.to(device=device, dtype=dtype).clone().requires_grad_(True)
+        scale = float((target**2).sum()) or 1.0
+        best = {"loss": math.inf, "x": x.detach().clone()}
+        history: list[float] = []
+
+        def objective() -> torch.Tensor:
+            loss = ((self._run(x) - target) ** 2).sum() / scale
+            value = float(loss.detach())
+            if value < best["loss"]:
+                best["loss"], best["x"] = value, x.detach().clone()
+            return loss
+
+        with torch.enable_grad():
+            if optimizer == "adam":
+                opt = torch.optim.Adam([x], lr=lr)
+                for _ in range(steps):
+                    opt.zero_grad()
+                    objective().backward()
+                    opt.step()
+                    history.append(math.sqrt(best["loss"]))
+            else:
+                opt = torch.optim.LBFGS(
+                    [x], lr=lr, max_iter=steps, max_eval=2 * steps, tolerance_grad=0.0, tolerance_change=0.0,
+                    history_size=50, line_search_fn="strong_wolfe",
+                )
+
+                def closure() -> torch.Tensor:
+                    opt.zero_grad()
+                    loss = objective()
+                    loss.backward()
+                    history.append(math.sqrt(best["loss"]))
+                    return loss
+
+                opt.step(closure)
+            objective()  # the final iterate too
+        with torch.no_grad():
+            reached = self._run(best["x"]).to(torch.float64)
+            residual = float(torch.linalg.norm(reached - target.to(torch.float64)))
+        residual /= float(torch.linalg.norm(target.to(torch.float64))) or 1.0
+        points = best["x"].to(device=features.device, dtype=features.dtype)
+        self.last_residual_ = residual
+        self.last_history_ = history
+        return points, residual
+
+    # -- serialization ------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the module's class and state (computed once: the module is frozen)."""
+        if self._fingerprint is None:
+            self._fingerprint = module_fingerprint(self.module)
+        return self._fingerprint
+
+    def spec_params(self) -> dict[str, Any]:
+        """A description, not a recipe: ``from_spec`` on it raises and asks for the module."""
+        text = repr(self.module)
+        if len(text) > _DESCRIPTION_CHARS:
+            text = text[:_DESCRIPTION_CHARS] + "..."
+        return {
+            "in_features": self.in_features,
+            "out_features": self.p,
+            "input_shape": list(self.input_shape),
+            "steps": self.steps,
+            "lr": self.lr,
+            "optimizer": self.optimizer,
+            "init_scale": self.init_scale,
+            "module_class": f"{type(self.module).__module__}.{type(self.module).__qualname__}",
+            "description": text,
+            "fingerprint": self.fingerprint,
+        }
+
+    @classmethod
+    def rebuild(cls, spec: dict[str, Any], module: nn.Module, *, check_fingerprint: bool = True) -> "ModuleMap":
+        """The ModuleMap of ``spec`` around the user-supplied ``module``.
+
+        With ``check_fingerprint`` a module whose class or state differs from
+        the one recorded in the spec raises ValueError.
+        """
+        if not isinstance(spec, dict) or spec.get("name") != cls.name:
+            raise ValueError(f"not a ModuleMap spec: {spec!r}")
+        params = dict(spec.get("params", {}))
+        recorded = params.pop("fingerprint", None)
+        params.pop("description", None)
+        params.pop("module_class", None)
+        fmap = cls(module, seed=spec.get("seed") or 0, **params)
+        if check_fingerprint and recorded is not None and fmap.fingerprint != recorded:
+            raise ValueError(
+                "the module differs from the one the spec was made with (class or weights fingerprint mismatch); "
+                "pass check_fingerprint=False to use it anyway"
+            )
+        return fmap
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.p}, optimizer={self.optimizer!r}, steps={self.steps}, seed={self.seed}"
+
+
+def distill_approximate(
+    x: Any,
+    y: Any = None,
+    *,
+    teacher: Any,
+    ipc: int = 10,
+    init: str = "real",
+    reg_s: float | str = 0.0,
+    root: str = "plus",
+    soft_labels: bool = True,
+    noise_scale: float = 0.1,
+    solve_labels: bool = True,
+    steps: int | None = None,
+    lr: float | None = None,
+    optimizer: str | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    dataset: str | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+):
+    """Distil a fitted KRR ``teacher`` whose feature map is not surjective (theory.md section 7).
+
+    1. The Theorem 5.1 target features Phi_S (m, p), as KRRDistiller computes
+       them (init "real": Z from ``ipc`` real points per class of (x, y);
+       "noise": Z random, x and y may be None).
+    2. X_S by optimisation: minimise ||phi(X_S) - Phi_S||^2 (ModuleMap's
+       preimage; any other FeatureMap is wrapped in a ModuleMap for this step),
+       starting from the real points or from seeded noise.
+    3. With ``solve_labels``, the Theorem 4.2 labels on the recovered features
+       Phi_hat = phi(X_S): T_S = pinv(Q)^T W^T with Q = phi_{reg_s}(Phi_hat)^+,
+       the least-squares minimiser of ||W_S - W||_F for these points.
+
+    Returns a DistilledSet; its provenance has ``feature_residual`` (relative,
+    step 2), ``recovery_error`` (relative weight error of the refit on the
+    returned set), ``recovery_error_before_labels`` (with the step-1 labels)
+    and ``label_step_used`` (False when the step was off, or when the solved
+    labels were not better, which happens only at rounding level). The set's
+    ``feature_map_spec`` is the teacher map's spec; for a ModuleMap rebuild
+    the map with ``ModuleMap.rebuild(spec, module)``.
+    """
+    from .._solvers import pinv
+    from .._validation import resolve_device
+    from ..distill import INITS, ROOTS, KRRDistiller, class_interleaved_labels, features_from_d, regularized_pinv
+    from ..distilled_set import DistilledSet
+    from ..krr import KRR
+
+    start_time = time.perf_counter()
+    if teacher is None or not hasattr(teacher, "weights_"):
+        raise ValueError("teacher must be a fitted KRR: call teacher.fit(x, y) first")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if root not in ROOTS:
+        raise ValueError(f"root must be one of {ROOTS}, got {root!r}")
+    if not (isinstance(ipc, (int, np.integer)) and ipc >= 1):
+        raise ValueError(f"ipc must be an integer >= 1, got {ipc!r}")
+    if not (reg_s == "bound" or (isinstance(reg_s, (int, float)) and np.isfinite(reg_s) and reg_s >= 0)):
+        raise ValueError(f'reg_s must be a float >= 0 or "bound", got {reg_s!r}')
+    if not noise_scale > 0:
+        raise ValueError(f"noise_scale must be > 0, got {noise_scale!r}")
+    dev = resolve_device(device)
+    fmap = teacher.feature_map_.to(dev)
+    solver = fmap if isinstance(fmap, ModuleMap) else ModuleMap(fmap, teacher.n_features_in_, seed=seed)
+    weights = teacher.weights_.to(dev)
+    k, ipc = weights.shape[0], int(ipc)
+    gen = torch.Generator().manual_seed(seed)
+    labels = class_interleaved_labels(k, ipc)
+    targets = torch.nn.functional.one_hot(labels, k).to(torch.float64).to(dev)
+    soft_used = False
+    reference = None
+    if init == "real":
+        if x is None or y is None:
+            raise ValueError('init="real" needs the real data x and y as arrays')
+        # KRRDistiller's class-balanced, interleaved choice of real points.
+        helper = KRRDistiller(ipc=ipc, seed=seed)
+        reference = helper._reference_points(x, y, ipc, teacher, gen, dev)
+        ref_inverse = regularized_pinv(fmap(reference).to(torch.float64), 0.0 if reg_s == "bound" else float(reg_s))
+        if soft_labels:
+            soft = pinv(ref_inverse).T @ weights.T
+            if int(torch.linalg.matrix_rank(soft)) == k:
+                targets, soft_used = soft, True
+
+    # D = Y^+ W + (I - P) Z, then Phi_S from D (Theorem 5.1), as in KRRDistiller.fit.
+    y_pinv = pinv(targets.T)
+    particular = y_pinv @ weights
+    if init == "real":
+        free = ref_inverse
+    else:
+        scale = noise_scale * float(particular.std()) if particular.numel() > 1 else noise_scale
+        free = scale * torch.randn(particular.shape, generator=gen, dtype=torch.float64).to(dev)
+    free = free - y_pinv @ (targets.T @ free)
+    features, reg_used = features_from_d(particular + free, reg_s, root)
+    range_scale = fmap.range_scale(features)
+    features, targets = features / range_scale, targets / range_scale
+    reg_fit = reg_used / range_scale**2
+
+    points, residual = solver.preimage_with_residual(features, init=reference, steps=steps, lr=lr, optimizer=optimizer)
+    points = points.to(torch.float64)
+
+    def weight_error(t: torch.Tensor) -> float:
+        student = KRR(fmap, reg=reg_fit, n_classes=k, device=dev).fit(points, t)
+        return float(torch.linalg.norm(student.weights_ - teacher.weights_) / torch.linalg.norm(teacher.weights_))
+
+    error_before = weight_error(targets)
+    error, labels_used = error_before, False
+    if solve_labels:
+        with torch.no_grad():
+            recovered = fmap(points).to(torch.float64)
+        q = regularized_pinv(recovered, reg_fit)
+        solved = pinv(q).T @ weights.T
+        error_solved = weight_error(solved)
+        # The least-squares labels cannot be worse except by rounding, when both errors are ~eps.
+        labels_used = error_solved <= error_before
+        if labels_used:
+            targets, error = solved, error_solved
+    image_shape = tuple(int(s) for s in x.shape[1:]) if x is not None and getattr(x, "ndim", 0) > 2 else None
+    return DistilledSet(
+        x=points.cpu(),
+        y=targets.cpu(),
+        labels=labels,
+        feature_map_spec=fmap.spec(),
+        reg=reg_fit,
+        image_shape=image_shape,
+        mean=None if mean is None else tuple(float(v) for v in np.atleast_1d(mean)),
+        std=None if std is None else tuple(float(v) for v in np.atleast_1d(std)),
+        provenance={
+            "method": "approximate",
+            "dataset": dataset,
+            "n": teacher.n_samples_,
+            "ipc": ipc,
+            "init": init,
+            "soft_labels": soft_used,
+            "seed": int(seed),
+            "teacher_reg": teacher.reg_,
+            "reg_s": reg_used,
+            "root": root,
+            "range_scale": range_scale,
+            "optimizer": optimizer or solver.optimizer,
+            "steps": solver.steps if steps is None else int(steps),
+            "feature_residual": residual,
+            "label_step": bool(solve_labels),
+            "label_step_used": labels_used,
+            "recovery_error_before_labels": error_before,
+            "recovery_error": error,
+            "seconds": time.perf_counter() - start_time,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    )
