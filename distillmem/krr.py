@@ -84,7 +84,7 @@ class KRR:
     n_samples_ : int
         Samples the final weights were fitted on.
     solver_ : str
-        ``"primal"`` or ``"svd"``.
+        ``"primal"`` or ``"svd"`` (``"given"`` for ``from_weights``).
     val_accuracy_ : dict[float, float]
         Validation accuracy per lambda (only for ``reg="auto"``).
     """
@@ -251,6 +251,22 @@ class KRR:
         self.n_samples_ = n
         self.n_classes_ = k
         self.solver_ = solver
+
+    @classmethod
+    def from_weights(
+        cls, feature_map: FeatureMap, weights: torch.Tensor, reg: float, *, n_features_in: int, n_samples: int, **params: Any
+    ) -> "KRR":
+        """A fitted KRR from weights (k, p) solved elsewhere, e.g. from a memory's statistics."""
+        model = cls(feature_map, reg=reg, n_classes=weights.shape[0], **params)
+        model._check_params()
+        if weights.ndim != 2 or weights.shape[1] != feature_map.out_features(n_features_in):
+            raise ValueError(
+                f"weights must have shape (k, {feature_map.out_features(n_features_in)}), found {tuple(weights.shape)}"
+            )
+        model.feature_map_ = feature_map
+        model.n_features_in_ = n_features_in
+        model._store(weights.T.to(torch.float64), float(reg), n_samples, weights.shape[0], "given")
+        return model
 
     # -- prediction ---------------------------------------------------------
     def decision_function(self, x: Any) -> torch.Tensor:

@@ -275,16 +275,15 @@ class MomentMemory:
         """The KRR head at ``reg`` >= 0: its weights equal KRR on all the absorbed data."""
         self._check_fitted()
         reg = _check_reg(reg)
-        model = KRR(self.feature_map, reg=reg, n_classes=self.n_classes, chunk_size=self.chunk_size, device=self.device)
-        # The fitted attributes KRR documents; the solve is the SVD form of the memory.
-        model.feature_map_ = self.feature_map
-        model.weights_ = _spectral(self.features_, self.targets_).weights_t(reg).T.contiguous()
-        model.reg_ = reg
-        model.n_samples_ = self.n_seen_
-        model.n_classes_ = self.n_classes
-        model.n_features_in_ = self.n_features_in_
-        model.solver_ = "svd"
-        return model
+        return KRR.from_weights(
+            self.feature_map,
+            _spectral(self.features_, self.targets_).weights_t(reg).T,
+            reg,
+            n_features_in=self.n_features_in_,
+            n_samples=self.n_seen_,
+            chunk_size=self.chunk_size,
+            device=self.device,
+        )
 
     def to_distilled_set(
         self,

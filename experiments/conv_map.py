@@ -73,6 +73,7 @@ def run_dataset(name: str, maps: list[str], ipcs: list[int], inits: list[str], s
     rows = []
     for map_name in maps:
         fmap = make_map(map_name, data.image_shape, seed)
+        load_before = os.getloadavg()[0]
         t0 = time.perf_counter()
         teacher = KRR(fmap, reg="auto", refit=False, seed=seed, n_classes=data.n_classes).fit(data.x_train, data.y_train)
         teacher_s = time.perf_counter() - t0
@@ -108,6 +109,8 @@ def run_dataset(name: str, maps: list[str], ipcs: list[int], inits: list[str], s
                     "teacher_seconds": teacher_s,
                     "distill_seconds": distill_s,
                     "total_seconds": teacher_s + distill_s + original_eval_s + student_eval_s,
+                    "loadavg_1min_before_teacher": load_before,
+                    "loadavg_1min_after": os.getloadavg()[0],
                 }
                 rows.append(row)
                 print(
@@ -142,7 +145,15 @@ def markdown(rows: list[dict], command: str, machine: str) -> str:
             f"{r['reg']:.3g} | {r['teacher_seconds']:.1f} | {r['distill_seconds']:.2f} | {r['total_seconds']:.1f} |"
         )
     worst = max(r["recovery_error"] for r in rows)
-    lines += ["", f"Largest weight error over all rows: {worst:.1e}.", ""]
+    loads = [r["loadavg_1min_before_teacher"] for r in rows] + [r["loadavg_1min_after"] for r in rows]
+    lines += [
+        "",
+        f"Largest weight error over all rows: {worst:.1e}.",
+        "",
+        f"Times are wall-clock on a shared machine: the 1-minute load average ranged from {min(loads):.1f} to "
+        f"{max(loads):.1f} during the runs (2.0 = both cores busy), so they carry contention from other processes.",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -205,3 +205,19 @@ def test_wrong_input_width_is_rejected():
         fmap.preimage(torch.zeros(3, 63, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"\(n, 64\)"):
         KRR(fmap, reg=1.0).fit(torch.zeros(4, 63, dtype=torch.float64), torch.tensor([0, 1, 0, 1]))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(image_shape=(2, 7, 7), kernel_size=3, stride=2, padding=1, channels=3),  # p = 48 <= d = 98: adjoint
+        dict(image_shape=(1, 5, 5), kernel_size=3, stride=1, padding=1, channels=3),  # p = 75 > d = 25: forward
+    ],
+)
+def test_operator_from_either_side_matches_conv(kwargs):
+    fmap = RandomConv(**kwargs, seed=1)
+    x = images(4, fmap.image_shape, seed=5)
+    n = x.shape[0]
+    linear = F.conv2d(x.reshape(n, *fmap.image_shape), fmap.weight0, stride=fmap.stride[0], padding=fmap.padding[0])
+    assert fmap.operator(0).shape == (fmap.p, fmap.in_features)
+    assert rel(x @ fmap.operator(0).T, linear.reshape(n, -1)) < 1e-13

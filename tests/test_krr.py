@@ -562,3 +562,16 @@ def test_list_targets_raise_type_error(problem):
     x, y = problem
     with pytest.raises(TypeError, match="y must be a torch.Tensor or numpy array"):
         KRR(Identity(), reg=0.1).fit(x, y.tolist())
+
+
+def test_from_weights_predicts_like_the_fitted_model(problem):
+    x, y = problem
+    fitted = KRR(RandomFCNN(40, seed=0), reg=0.1).fit(x, y)
+    rebuilt = KRR.from_weights(fitted.feature_map_, fitted.weights_, 0.1, n_features_in=40, n_samples=300)
+    assert torch.equal(rebuilt.predict(x), fitted.predict(x))
+    assert (rebuilt.reg_, rebuilt.n_classes_, rebuilt.solver_) == (0.1, 4, "given")
+
+
+def test_from_weights_rejects_weights_of_the_wrong_width():
+    with pytest.raises(ValueError, match=r"weights must have shape \(k, 40\)"):
+        KRR.from_weights(RandomFCNN(40, seed=0), torch.zeros(4, 39, dtype=torch.float64), 0.1, n_features_in=40, n_samples=1)

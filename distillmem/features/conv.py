@@ -181,10 +181,18 @@ class RandomConv(FeatureMap):
         return self.stride[i] >= self.kernel_size[i]
 
     def operator(self, i: int = 0) -> torch.Tensor:
-        """The explicit (p_i, d_i) float64 matrix of layer i's convolution (for small layers and tests)."""
-        d_i = math.prod(self.shapes[i])
-        basis = torch.eye(d_i, dtype=torch.float64, device=self.weight0.device).reshape(d_i, *self.shapes[i])
-        return self._conv(i, basis).reshape(d_i, -1).T.contiguous()
+        """The explicit (p_i, d_i) float64 matrix of layer i's convolution (for small layers and tests).
+
+        Built from min(p_i, d_i) basis vectors: rows A^T e_j by the adjoint when
+        p_i <= d_i, columns A e_j otherwise.
+        """
+        p_i, d_i = math.prod(self.shapes[i + 1]), math.prod(self.shapes[i])
+        device = self.weight0.device
+        if p_i <= d_i:
+            basis = torch.eye(p_i, dtype=torch.float64, device=device).reshape(p_i, *self.shapes[i + 1])
+            return self._conv_adjoint(i, basis).reshape(p_i, d_i)
+        basis = torch.eye(d_i, dtype=torch.float64, device=device).reshape(d_i, *self.shapes[i])
+        return self._conv(i, basis).reshape(d_i, p_i).T.contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.reshape(x.shape[0], *self.image_shape)
