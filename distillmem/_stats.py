@@ -6,10 +6,12 @@ Memory is O(p^2 + chunk * p) whatever n is.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import mmap
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from scipy.linalg import blas
 from tqdm.auto import tqdm
@@ -35,9 +37,37 @@ def iter_array_chunks(
     x: ArrayLike, targets: torch.Tensor | None, chunk_size: int, device: torch.device, name: str = "x"
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """Chunks (b, d) of an in-memory or memory-mapped (n, d) array, with their targets (b, k)."""
+    release = _consumed_page_releaser(x)
     for start in range(0, x.shape[0], chunk_size):
         chunk = to_tensor(x[start : start + chunk_size], device, first_row=start, name=name)
         yield chunk, None if targets is None else targets[start : start + chunk_size].to(device)
+        release(start + chunk.shape[0])
+
+
+def _consumed_page_releaser(x: ArrayLike) -> Callable[[int], None]:
+    """A function of the row count read so far that unmaps those rows' pages from a read-only memmap.
+
+    Pages of a file mapping count in the process's resident memory until
+    unmapped, so reading a 3 GB memmap once would hold 3 GB; MADV_DONTNEED on
+    a read-only shared mapping drops them from this process only (the file's
+    page cache keeps them). Other arrays, and writable or copy-on-write maps,
+    get a no-op: there the pages may hold data not in the file.
+    """
+    handle = getattr(x, "_mmap", None)
+    if not (isinstance(x, np.memmap) and handle is not None and x.mode == "r" and x.flags["C_CONTIGUOUS"]):
+        return lambda rows: None
+    origin = x.ctypes.data - np.frombuffer(handle, dtype=np.uint8).ctypes.data  # first row's byte in the map
+    row_bytes = x.strides[0]
+    released = 0
+
+    def release(rows: int) -> None:
+        nonlocal released
+        end = (origin + rows * row_bytes) // mmap.PAGESIZE * mmap.PAGESIZE
+        if end > released:
+            handle.madvise(mmap.MADV_DONTNEED, released, end - released)
+            released = end
+
+    return release
 
 
 def iter_batches(

@@ -10,6 +10,8 @@ import torch
 ArrayLike = torch.Tensor | np.ndarray
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
+# float32 holds every value of these exactly (24-bit significand).
+_SMALL_EXACT_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.uint16, torch.float16, torch.bfloat16)
 
 
 def is_array(x: Any) -> bool:
@@ -36,11 +38,12 @@ def as_samples(x: Any, name: str = "x") -> ArrayLike:
 
 
 def to_tensor(x: ArrayLike, device: torch.device, *, first_row: int = 0, name: str = "x") -> torch.Tensor:
-    """A float chunk on ``device``: float32/float64 kept, anything else float64; NaN/Inf rejected."""
+    """A float chunk on ``device``: float32/float64 kept, 8- and 16-bit integers and bools
+    to float32 (exact), other dtypes to float64; NaN/Inf rejected."""
     # np.array copies, so read-only memmaps become ordinary writable chunks.
     t = torch.from_numpy(np.array(x)) if isinstance(x, np.ndarray) else x
     if t.dtype not in _FLOAT_DTYPES:
-        t = t.to(torch.float64)
+        t = t.to(torch.float32 if t.dtype in _SMALL_EXACT_DTYPES else torch.float64)
     t = t.to(device)
     # One reduction is far cheaper than an elementwise check; a non-finite sum
     # (NaN/Inf, or an overflow of large finite values) triggers the full check.

@@ -147,7 +147,7 @@ class KRR:
             if val is not None and val[0].shape[1] != moments.in_features:
                 raise ValueError(f"eval_set has {val[0].shape[1]} features, the batches have {moments.in_features}")
             self.n_features_in_ = moments.in_features
-            self._finish_primal(moments, val, None)
+            self._finish_primal(moments, val)
             return self
 
         xs = as_samples(x)
@@ -188,29 +188,27 @@ class KRR:
 
         total = n_chunks(xs.shape[0], self.chunk_size)
         moments = accumulate_moments(fmap, train_chunks(), progress=self.progress, total=total)
-        held = None
         if split is not None:
             val = (torch.cat(held_x), torch.cat(held_t))
-            if self.refit:
-                held = accumulate_moments(fmap, [val])
-        self._finish_primal(moments, val, held)
+            held_x.clear()
+            held_t.clear()
+        self._finish_primal(moments, val, refit_with_val=split is not None and self.refit)
 
-    def _finish_primal(self, moments: Moments, val, held: Moments | None) -> None:
-        fmap = self.feature_map_
-        if self.reg == "auto":
-            spectral = Spectral.primal(moments.gram, moments.cross)
-            reg = self._select_reg(spectral, fmap(val[0]), val[1])
-            if held is None:
-                weights_t = spectral.weights_t(reg)
-                n = moments.n
-            else:
-                total = moments + held
-                weights_t = solve_primal(total.gram, total.cross, reg)
-                n = total.n
-        else:
+    def _finish_primal(self, moments: Moments, val, *, refit_with_val: bool = False) -> None:
+        if self.reg != "auto":
             reg = float(self.reg)
-            weights_t, n = solve_primal(moments.gram, moments.cross, reg), moments.n
-        self._store(weights_t, reg, n, moments.cross.shape[1], "primal")
+            self._store(solve_primal(moments.gram, moments.cross, reg), reg, moments.n, moments.cross.shape[1], "primal")
+            return
+        spectral = Spectral.primal(moments.gram, moments.cross)
+        val_features = self.feature_map_(val[0])
+        reg = self._select_reg(spectral, val_features, val[1])
+        if refit_with_val:
+            # The held-out features exist already: their moments under the identity complete G and R.
+            moments = moments + accumulate_moments(Identity(), [(val_features, val[1])])
+            weights_t = solve_primal(moments.gram, moments.cross, reg)
+        else:
+            weights_t = spectral.weights_t(reg)
+        self._store(weights_t, reg, moments.n, moments.cross.shape[1], "primal")
 
     def _fit_svd(self, fmap, xs, targets, split, val, device) -> None:
         x_all = to_tensor(xs, device)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import sys
 import tempfile
@@ -26,7 +25,10 @@ import torch
 from distillmem._io import atomic_write_bytes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paper_tables import REPO, run_isolated  # noqa: E402
+from _measure import run_isolated  # noqa: E402
+from paper_tables import REPO  # noqa: E402
+
+from distillmem.protocol import run_protocol  # noqa: E402
 
 
 def write_random_cifar(path: Path, seed: int = 0) -> None:
@@ -48,14 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "experiments" / "results")
     args = parser.parse_args(argv)
-    context = multiprocessing.get_context("spawn")
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "random_cifar10.npz"
         write_random_cifar(path)
         for _ in range(args.repeats):
             result, peak = run_isolated(
-                context, dataset="cifar10", root=path, feature_map=args.feature_map, ipc=args.ipc, device=args.device
+                run_protocol, dataset="cifar10", root=path, feature_map=args.feature_map, ipc=args.ipc, device=args.device
             )
             runs.append({"seconds": result.seconds, "peak_rss_gb": peak, "recovery_error": result.recovery_error,
                          "agreement": result.agreement, "n_train": result.n_train})

@@ -5,7 +5,7 @@ identity, FCNN and RFF maps at IPC 1 / 10 / 50 (seed 0, noise init, lambda_S = 0
 Table 4: FCNN over seeds 0-3, mean +- population std, with the wall time of a
 whole run (loading the data file to the distilled model's test accuracy).
 
-Each run executes in a fresh process so its peak memory (max RSS, which
+Each run executes in a fresh process so its peak memory (VmHWM, which
 includes the ~0.4 GB of an imported torch) is its own.
 
     python experiments/paper_tables.py --dataset mnist            # ../shared/data/mnist.npz
@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -34,6 +32,9 @@ import torch
 from distillmem._io import atomic_write_bytes
 from distillmem.protocol import FEATURE_MAPS, RunResult, run_protocol
 from distillmem.viz import save_image_grid
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import run_isolated  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = {
@@ -51,17 +52,6 @@ PAPER_TABLE4 = {
     "cifar10": {1: (47.85, 0.10, 21), 10: (47.76, 0.12, 20), 50: (47.77, 0.06, 20)},
     "cifar100": {1: (21.58, 0.15, 20), 10: (21.59, 0.15, 20), 50: (21.58, 0.13, 25)},
 }
-
-
-def _one_run(kwargs: dict) -> tuple[RunResult, float]:
-    result = run_protocol(**kwargs)
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # ru_maxrss is in KiB on Linux
-    return result, peak_gb
-
-
-def run_isolated(pool_context, **kwargs) -> tuple[RunResult, float]:
-    with pool_context.Pool(1) as pool:
-        return pool.apply(_one_run, (kwargs,))
 
 
 def _record(result: RunResult, peak_gb: float) -> dict:
@@ -136,14 +126,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--seeds must include 0 (Table 3 uses seed 0)")
     args.out.mkdir(parents=True, exist_ok=True)
 
-    context = multiprocessing.get_context("spawn")
     common = dict(dataset=args.dataset, root=None if args.dataset == "digits" else data, device=args.device)
     rows, pictures = [], {}
     plan = [(fmap, ipc, 0) for fmap in args.maps for ipc in args.ipcs]
     if "fcnn" in args.maps:
         plan += [("fcnn", ipc, seed) for ipc in args.ipcs for seed in args.seeds if seed != 0]
     for fmap, ipc, seed in plan:
-        result, peak = run_isolated(context, feature_map=fmap, ipc=ipc, seed=seed, **common)
+        result, peak = run_isolated(run_protocol, feature_map=fmap, ipc=ipc, seed=seed, **common)
         rows.append(_record(result, peak))
         print(f"{fmap:>8} ipc {ipc:>3} seed {seed}: original {_pct(result.original_accuracy)}  distilled "
               f"{_pct(result.distilled_accuracy)}  error {result.recovery_error:.1e}  {result.seconds:.2f} s  "
@@ -151,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     # Pictures: the same FCNN model distilled from noise and from real points.
     picture_ipc = 10 if 10 in args.ipcs else args.ipcs[0]
     for init, contrast in (("noise", "minmax"), ("real", "clip")):
-        result, _ = run_isolated(context, feature_map="fcnn", ipc=picture_ipc, seed=0, init=init, **common)
+        result, _ = run_isolated(run_protocol, feature_map="fcnn", ipc=picture_ipc, seed=0, init=init, **common)
         path = args.out / f"{args.dataset}_fcnn_ipc{picture_ipc}_{init}.png"
         save_image_grid(result.distilled.images(), path, result.distilled.n_classes, contrast)
         pictures[init] = path.name

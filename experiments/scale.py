@@ -19,14 +19,14 @@ Files are written under a temporary folder, their page cache is dropped
 disk, and the folder is deleted at the end.
 
 Routes:
-* memmap-u8: KRR.fit(uint8 memmap, labels); the engine converts integer
-  chunks to float64, so features and the Gram are computed in float64;
+* memmap-u8: KRR.fit(uint8 memmap, labels); the engine reads uint8 chunks
+  as float32 (exact), so features are float32 and the Gram float64;
 * batches-u8: KRR.fit(iterable of (x, y) batches) where each batch is a
   float32 copy of 8192 rows of the uint8 memmap (the same values) and the
   consumed rows' pages are released from the process (madvise DONTNEED), so
   features are float32 and resident memory stays flat;
-* memmap-f32: KRR.fit(float32 memmap, labels): float32 features, but every
-  page of the 3.1 GB file stays mapped into the process;
+* memmap-f32: KRR.fit(float32 memmap, labels): float32 features; the
+  engine releases the pages of consumed rows of a read-only memmap;
 * memmap-u8-auto: as memmap-u8 with reg="auto" (lambda chosen on the internal
   seeded 5% split over the paper's grid, then refitted on all points).
 
@@ -40,11 +40,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import mmap
-import multiprocessing
 import os
 import platform
-import resource
 import shutil
 import sys
 import tempfile
@@ -54,6 +51,10 @@ from pathlib import Path
 import numpy as np
 
 from distillmem._io import atomic_write_bytes
+from distillmem._stats import _consumed_page_releaser
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import peak_rss_gb, run_isolated  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 D = 784
@@ -99,54 +100,21 @@ def drop_page_cache(path: Path) -> None:
 # -- one run (in a fresh process) ------------------------------------------------------------
 
 
-def _peak_rss_gb() -> float:
-    """VmHWM: the peak resident memory of this process image, in GB (10^9 bytes).
-
-    Not ru_maxrss: a spawned child is forked from the parent before it execs
-    the new interpreter, and Linux keeps the forked image's resident size (the
-    parent's, shared pages included) in ru_maxrss across exec. VmHWM belongs to
-    the memory map created by exec, so it counts only this run.
-    """
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024 / 1e9  # the kernel's "kB" are KiB
-    return _maxrss_gb()
-
-
-def _maxrss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # KiB on Linux
-
-
 def float32_batches(x: np.ndarray, y: np.ndarray, chunk: int):
-    """(float32 rows, labels) batches of a memmap; the pages of consumed rows are released.
-
-    madvise(MADV_DONTNEED) on a read-only shared file mapping only unmaps the
-    pages from this process (they stay in the page cache and re-fault on the
-    next access), so the process's resident memory does not grow with n.
-    """
-    handle = getattr(x, "_mmap", None)  # numpy's mmap object behind np.load(..., mmap_mode="r")
-    row_bytes = x.strides[0]
-    base = x.offset % mmap.ALLOCATIONGRANULARITY if handle is not None else 0
-    page = mmap.PAGESIZE
-    released = 0
+    """(float32 rows, labels) batches of a memmap, releasing consumed pages as the engine does."""
+    release = _consumed_page_releaser(x)
     for start in range(0, x.shape[0], chunk):
         yield np.array(x[start : start + chunk], dtype=np.float32), np.array(y[start : start + chunk])
-        if handle is not None:
-            end = (base + min(start + chunk, x.shape[0]) * row_bytes) // page * page
-            if end > released:
-                handle.madvise(mmap.MADV_DONTNEED, released, end - released)
-                released = end
+        release(min(start + chunk, x.shape[0]))
 
 
-def run_one(params: dict) -> dict:
+def run_one(route: str, x_path: str, y_path: str) -> dict:
     import torch
 
     from distillmem import KRR, KRRDistiller
     from distillmem.features import RandomFCNN
 
-    route, x_path, y_path = params["route"], params["x_path"], params["y_path"]
-    baseline = _peak_rss_gb()
+    baseline = peak_rss_gb()
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
     x = np.load(x_path, mmap_mode="r")
@@ -173,8 +141,6 @@ def run_one(params: dict) -> dict:
         "fit_seconds": fitted - start,
         "distill_seconds": end - fitted,
         "seconds_per_1e5": (end - start) / (x.shape[0] / 1e5),
-        "peak_rss_gb": _peak_rss_gb(),
-        "ru_maxrss_gb": _maxrss_gb(),  # includes the parent's size at fork (see _peak_rss_gb)
         "baseline_rss_gb": baseline,
         "recovery_error": distiller.recovery_error_,
         "distilled_points": len(distiller.distilled_),
@@ -182,11 +148,6 @@ def run_one(params: dict) -> dict:
         "loadavg_1min_after": os.getloadavg()[0],
         "torch_threads": torch.get_num_threads(),
     }
-
-
-def run_isolated(context, params: dict) -> dict:
-    with context.Pool(1) as pool:
-        return pool.apply(run_one, (params,))
 
 
 # -- report -----------------------------------------------------------------------------
@@ -224,7 +185,27 @@ def markdown(rows: list[dict], command: str, machine: str) -> str:
                 f"- {r['route']}: {r['seconds']:.1f} s ({'met' if ok_t else 'missed'}), "
                 f"{r['peak_rss_gb']:.2f} GB ({'met' if ok_m else 'missed'})"
             )
-    lines.append("")
+    lines += [
+        "",
+        "Notes:",
+    ]
+    for route in ROUTES:
+        per = {r["n"]: r["seconds_per_1e5"] for r in rows if r["route"] == route}
+        if len(per) > 1:
+            sizes = sorted(per)
+            lines.append(
+                f"- {route}: seconds per 10^5 points " + ", ".join(f"{per[n]:.2f} at n = {n:,}" for n in sizes)
+                + f" (ratio largest / smallest n: {per[sizes[-1]] / per[sizes[0]]:.2f}; 1.00 = linear, below 1 fixed costs are spread over more points)."
+            )
+    lines += [
+        "- memmap-u8 and batches-u8 compute the same float32 features (the engine reads uint8 chunks as float32, "
+        "which is exact); batches-u8 converts the chunks itself and passes an iterable.",
+        "- The engine releases the pages of rows it has read from a read-only memmap (madvise DONTNEED), so "
+        "the file's pages do not accumulate in the process's resident memory.",
+        "- memmap-u8-auto also keeps the 5% held-out rows (50,000 x 784 float32 = 0.16 GB) and their features, "
+        "computed once for both the lambda selection and the refit moments, plus one eigendecomposition.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -235,8 +216,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--auto-sizes", nargs="+", type=int, default=[10**6], help="sizes for memmap-u8-auto")
     parser.add_argument("--tmp", type=Path, default=None, help="folder for the data files (default: system temp)")
     parser.add_argument("--out", type=Path, default=REPO / "experiments" / "results")
+    parser.add_argument("--report-only", action="store_true", help="rewrite scale.md from scale.json, measuring nothing")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        payload = json.loads((args.out / "scale.json").read_text())
+        atomic_write_bytes(args.out / "scale.md", markdown(payload["runs"], payload["command"], payload["machine"]).encode())
+        return 0
     command = "python " + " ".join(["experiments/scale.py", *(argv if argv is not None else sys.argv[1:])])
     import torch  # for the machine line; each run imports it in its own process
 
@@ -244,7 +230,6 @@ def main(argv: list[str] | None = None) -> int:
         f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}, numpy {np.__version__}, CPU; {time.strftime('%Y-%m-%d %H:%M')}"
     )
-    context = multiprocessing.get_context("spawn")
     folder = Path(tempfile.mkdtemp(prefix="distillmem-scale-", dir=args.tmp))
     rows = []
     try:
@@ -259,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
                 x_path, y_path = paths["float32" if route.endswith("f32") else "uint8"]
                 drop_page_cache(x_path)
                 drop_page_cache(y_path)
-                row = run_isolated(context, {"route": route, "x_path": str(x_path), "y_path": str(y_path)})
+                row, peak = run_isolated(run_one, route=route, x_path=str(x_path), y_path=str(y_path))
+                row["peak_rss_gb"] = peak
                 rows.append(row)
                 print(
                     f"{route:>15} n={n:>9,}: {row['seconds']:7.1f} s ({row['seconds_per_1e5']:.2f} s/1e5)  "

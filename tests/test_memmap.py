@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from distillmem import KRR, KRRDistiller
-from distillmem.features import RandomFCNN
+from distillmem.features import Identity, RandomFCNN
 
 D = 16
 
@@ -43,14 +43,38 @@ def test_memmap_fit_equals_in_memory_fit(tmp_path, data):
     assert distiller.recovery_error_ < 1e-8
 
 
-def test_integer_memmap_is_read_as_float64(tmp_path):
+@pytest.mark.parametrize("dtype, computed_as", [(np.uint8, np.float32), (np.int32, np.float64)])
+def test_integer_memmap_is_read_in_an_exact_float_dtype(tmp_path, dtype, computed_as):
+    # uint8 pixels are exact in float32, so the features run in float32 like float32 data would.
     rng = np.random.default_rng(1)
     y = np.arange(200) % 4
-    x = rng.integers(0, 256, size=(200, D), dtype=np.uint8)
+    x = rng.integers(0, 256, size=(200, D)).astype(dtype)
     fmap = RandomFCNN(D, seed=0)
-    mapped = KRR(fmap, reg=1.0, solver="primal", chunk_size=64).fit(memmap(tmp_path, "u8", x), y)
-    reference = KRR(fmap, reg=1.0, solver="primal").fit(torch.from_numpy(x.astype(np.float64)), torch.from_numpy(y))
-    assert torch.allclose(mapped.weights_, reference.weights_, rtol=1e-12, atol=0)
+    mapped = KRR(fmap, reg=1.0, solver="primal", chunk_size=64).fit(memmap(tmp_path, "ints", x), y)
+    reference = KRR(fmap, reg=1.0, solver="primal", chunk_size=64).fit(torch.from_numpy(x.astype(computed_as)), torch.from_numpy(y))
+    assert torch.equal(mapped.weights_, reference.weights_)
+
+
+def test_reading_a_read_only_memmap_releases_its_pages(tmp_path):
+    # 8 MB of float32 rows: once read, the mapping's pages must not stay in this process's RSS.
+    x = np.random.default_rng(2).standard_normal((5000, 400)).astype(np.float32)
+    path = tmp_path / "big.npy"
+    np.save(path, x)
+    xm = np.load(path, mmap_mode="r")
+    KRR(Identity(), reg=1.0, solver="primal", chunk_size=512).fit(xm, np.arange(5000) % 4)
+    assert _mapped_rss_bytes(path) < 0.2 * path.stat().st_size
+
+
+def _mapped_rss_bytes(path) -> int:
+    """Resident bytes of this process's mappings of ``path`` (from /proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                inside = line.rstrip().endswith(str(path))
+            elif inside and line.startswith("Rss:"):
+                total += int(line.split()[1]) * 1024
+    return total
 
 
 @pytest.mark.parametrize("solver", ["primal", "svd"])
