@@ -106,6 +106,13 @@ def check_labels(labels: torch.Tensor, n_classes: int | None, name: str = "y") -
     return n_classes
 
 
+def image_shape_of(x: Any) -> tuple[int, ...] | None:
+    """The per-sample shape (e.g. (C, H, W)) of inputs (n, ...) with more than two dims, else None."""
+    if x is None or getattr(x, "ndim", 2) <= 2:
+        return None
+    return tuple(int(s) for s in x.shape[1:])
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     dev = torch.device("cpu" if device is None else device)
     if dev.type == "cuda" and not torch.cuda.is_available():

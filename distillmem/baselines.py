@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ._solvers import pinv
-from ._validation import as_samples, as_targets, check_labels, resolve_device, to_tensor
+from ._validation import as_samples, as_targets, check_labels, image_shape_of, resolve_device, to_tensor
 from .distill import class_interleaved_labels
 from .distilled_set import DistilledSet
 from .features import FeatureMap, Identity
@@ -94,7 +94,7 @@ class _Problem:
                     f"class {c} has {idx.numel()} point(s) but ipc={self.ipc} needs {self.ipc} per class"
                 )
             self.members.append(idx)
-        self.image_shape = tuple(int(s) for s in x.shape[1:]) if x.ndim > 2 else None
+        self.image_shape = image_shape_of(x)
 
     @property
     def n(self) -> int:
@@ -145,8 +145,8 @@ class _Problem:
             feature_map_spec=self.fmap.spec(),
             reg=float(reg),
             image_shape=self.image_shape,
-            mean=None if mean is None else tuple(float(v) for v in np.atleast_1d(mean)),
-            std=None if std is None else tuple(float(v) for v in np.atleast_1d(std)),
+            mean=mean,
+            std=std,
             provenance=provenance,
         )
 

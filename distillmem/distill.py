@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ._solvers import pinv, rank_tol
-from ._validation import as_samples, as_targets, check_labels, is_array, resolve_device, to_tensor
+from ._validation import as_samples, as_targets, check_labels, image_shape_of, is_array, resolve_device, to_tensor
 from .distilled_set import DistilledSet
 from .features import FeatureMap, Identity
 from .krr import KRR
@@ -214,7 +214,7 @@ class KRRDistiller:
                 f"the distilled model differs from the original: relative weight error {error:.3g} > {RECOVERY_TOLERANCE:g}",
                 stacklevel=2,
             )
-        image_shape = tuple(int(s) for s in x.shape[1:]) if x is not None and x.ndim > 2 else None
+        image_shape = image_shape_of(x)
         self.teacher_ = teacher
         self.recovery_error_ = error
         self.distilled_ = DistilledSet(
@@ -224,8 +224,8 @@ class KRRDistiller:
             feature_map_spec=fmap.spec(),
             reg=reg_fit,
             image_shape=image_shape,
-            mean=None if mean is None else tuple(float(v) for v in np.atleast_1d(mean)),
-            std=None if std is None else tuple(float(v) for v in np.atleast_1d(std)),
+            mean=mean,
+            std=std,
             provenance={
                 "dataset": dataset,
                 "n": teacher.n_samples_,

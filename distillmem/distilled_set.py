@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
@@ -59,6 +60,11 @@ class DistilledSet:
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # Per-channel statistics may come as a scalar, an array or a sequence; keep plain floats.
+        if self.mean is not None:
+            self.mean = tuple(float(v) for v in np.atleast_1d(self.mean))
+        if self.std is not None:
+            self.std = tuple(float(v) for v in np.atleast_1d(self.std))
         m = self.x.shape[0]
         if self.x.ndim != 2 or self.y.ndim != 2 or self.labels.ndim != 1:
             raise ValueError(

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ._solvers import pinv, rank_tol
-from ._validation import as_samples, to_tensor
+from ._validation import as_samples, image_shape_of, to_tensor
 from .distill import RECOVERY_TOLERANCE, _version, regularized_pinv
 from .distilled_set import DistilledSet
 from .krr import KRR
@@ -111,7 +111,7 @@ def distill_labels(
             f"phi(x_s) has full rank p={p} but the refitted weights differ: relative error {error:.3g}",
             stacklevel=2,
         )
-    image_shape = tuple(int(s) for s in x_s.shape[1:]) if getattr(x_s, "ndim", 2) > 2 else None
+    image_shape = image_shape_of(x_s)
     return DistilledSet(
         x=points,
         y=targets,
@@ -119,8 +119,8 @@ def distill_labels(
         feature_map_spec=fmap.spec(),
         reg=reg_s,
         image_shape=image_shape,
-        mean=None if mean is None else tuple(float(v) for v in np.atleast_1d(mean)),
-        std=None if std is None else tuple(float(v) for v in np.atleast_1d(std)),
+        mean=mean,
+        std=std,
         provenance={
             "method": "label-only",
             "dataset": dataset,

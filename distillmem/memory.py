@@ -351,8 +351,8 @@ class MomentMemory:
             feature_map_spec=fmap.spec(),
             reg=reg_set,
             image_shape=image_shape,
-            mean=None if mean is None else tuple(float(v) for v in np.atleast_1d(mean)),
-            std=None if std is None else tuple(float(v) for v in np.atleast_1d(std)),
+            mean=mean,
+            std=std,
             provenance={
                 "kind": "moment-memory",
                 "n": self.n_seen_,

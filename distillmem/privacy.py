@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ._solvers import pinv, rank_tol
-from ._validation import as_samples, as_targets, to_tensor
+from ._validation import as_samples, as_targets, image_shape_of, to_tensor
 from .distill import RECOVERY_TOLERANCE, _version, class_interleaved_labels, features_from_d
 from .distilled_set import DistilledSet
 from .features import Identity
@@ -241,7 +241,7 @@ def distill_private(
             f"the distilled model differs from the original: relative weight error {error:.3g} > {RECOVERY_TOLERANCE:g}",
             stacklevel=2,
         )
-    image_shape = tuple(int(s) for s in x.shape[1:]) if getattr(x, "ndim", 2) > 2 else None
+    image_shape = image_shape_of(x)
     return DistilledSet(
         x=points,
         y=targets_s,
@@ -249,8 +249,8 @@ def distill_private(
         feature_map_spec=Identity().spec(),
         reg=0.0,
         image_shape=image_shape,
-        mean=None if mean is None else tuple(float(v) for v in np.atleast_1d(mean)),
-        std=None if std is None else tuple(float(v) for v in np.atleast_1d(std)),
+        mean=mean,
+        std=std,
         provenance={
             "method": "dp-gaussian",
             "dataset": dataset,

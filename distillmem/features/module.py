@@ -414,7 +414,7 @@ def distill_approximate(
     the map with ``ModuleMap.rebuild(spec, module)``.
     """
     from .._solvers import pinv
-    from .._validation import resolve_device
+    from .._validation import image_shape_of, resolve_device
     from ..distill import INITS, ROOTS, KRRDistiller, class_interleaved_labels, features_from_d, regularized_pinv
     from ..distilled_set import DistilledSet
     from ..krr import KRR
@@ -487,7 +487,7 @@ def distill_approximate(
         labels_used = error_solved <= error_before
         if labels_used:
             targets, error = solved, error_solved
-    image_shape = tuple(int(s) for s in x.shape[1:]) if x is not None and getattr(x, "ndim", 0) > 2 else None
+    image_shape = image_shape_of(x)
     return DistilledSet(
         x=points.cpu(),
         y=targets.cpu(),
@@ -495,8 +495,8 @@ def distill_approximate(
         feature_map_spec=fmap.spec(),
         reg=reg_fit,
         image_shape=image_shape,
-        mean=None if mean is None else tuple(float(v) for v in np.atleast_1d(mean)),
-        std=None if std is None else tuple(float(v) for v in np.atleast_1d(std)),
+        mean=mean,
+        std=std,
         provenance={
             "method": "approximate",
             "dataset": dataset,
