@@ -236,12 +236,14 @@ class KRR:
     def _select_reg(self, spectral: Spectral, val_features: torch.Tensor, val_targets: torch.Tensor) -> float:
         grid = [float(r) for r in (self.reg_grid if self.reg_grid is not None else default_reg_grid(self.feature_map_))]
         truth = val_targets.argmax(dim=1)
-        accuracy = {}
-        for reg, scores in zip(grid, spectral.scores(val_features, grid)):
-            accuracy[reg] = float((scores.argmax(dim=1) == truth).to(torch.float64).mean())
-        self.val_accuracy_ = accuracy
+        correct = torch.zeros(len(grid), dtype=torch.int64)
+        # In chunks of rows: the (len(grid), n_val, k) scores of a large held-out set need not coexist.
+        for start in range(0, truth.shape[0], self.chunk_size):
+            scores = spectral.scores(val_features[start : start + self.chunk_size], grid)
+            correct += (scores.argmax(dim=2) == truth[start : start + self.chunk_size]).sum(dim=1).cpu()
+        self.val_accuracy_ = {reg: int(c) / truth.shape[0] for reg, c in zip(grid, correct)}
         # max() keeps the first maximum, in ascending grid order as in the paper.
-        return max(sorted(accuracy), key=accuracy.__getitem__)
+        return max(sorted(self.val_accuracy_), key=self.val_accuracy_.__getitem__)
 
     def _store(self, weights_t: torch.Tensor, reg: float, n: int, k: int, solver: str) -> None:
         self.weights_ = weights_t.T.contiguous().cpu()
