@@ -78,7 +78,7 @@ class Spectral:
     def weights_t(self, reg: float) -> torch.Tensor:
         return self.lift @ (self.coef / (self.eig + reg)[:, None])
 
-    def scores(self, features: torch.Tensor, regs: list[float]) -> torch.Tensor:
-        """Predictions (len(regs), n, k) of every reg on features (n, p), at O(n r k) per reg."""
-        projected = features.to(self.lift.dtype) @ self.lift
-        return torch.stack([projected @ (self.coef / (self.eig + reg)[:, None]) for reg in regs])
+    def weights_t_grid(self, regs: list[float]) -> torch.Tensor:
+        """W^T for every reg side by side, (p, len(regs) * k): scoring features (n, p)
+        against it costs O(n p k) per reg, not the O(n p r) of projecting onto the basis."""
+        return torch.cat([self.weights_t(reg) for reg in regs], dim=1)

@@ -236,11 +236,13 @@ class KRR:
     def _select_reg(self, spectral: Spectral, val_features: torch.Tensor, val_targets: torch.Tensor) -> float:
         grid = [float(r) for r in (self.reg_grid if self.reg_grid is not None else default_reg_grid(self.feature_map_))]
         truth = val_targets.argmax(dim=1)
+        weights_t = spectral.weights_t_grid(grid)
         correct = torch.zeros(len(grid), dtype=torch.int64)
-        # In chunks of rows: the (len(grid), n_val, k) scores of a large held-out set need not coexist.
+        # In chunks of rows: the scores (n_val, len(grid), k) of a large held-out set need not coexist.
         for start in range(0, truth.shape[0], self.chunk_size):
-            scores = spectral.scores(val_features[start : start + self.chunk_size], grid)
-            correct += (scores.argmax(dim=2) == truth[start : start + self.chunk_size]).sum(dim=1).cpu()
+            chunk = val_features[start : start + self.chunk_size].to(torch.float64)
+            scores = (chunk @ weights_t).reshape(chunk.shape[0], len(grid), -1)
+            correct += (scores.argmax(dim=2) == truth[start : start + self.chunk_size, None]).sum(dim=0).cpu()
         self.val_accuracy_ = {reg: int(c) / truth.shape[0] for reg, c in zip(grid, correct)}
         # max() keeps the first maximum, in ascending grid order as in the paper.
         return max(sorted(self.val_accuracy_), key=self.val_accuracy_.__getitem__)
