@@ -8,7 +8,7 @@ from typing import Any
 
 
 def peak_rss_gb() -> float:
-    """VmHWM, the peak resident memory of this process image, in GiB.
+    """VmHWM, the peak resident memory of this process image, in GB (10^9 bytes).
 
     Not ru_maxrss: a spawned child is forked from the parent before it execs the
     new interpreter, and Linux carries the forked image's size over in ru_maxrss.
@@ -17,7 +17,7 @@ def peak_rss_gb() -> float:
     with open("/proc/self/status") as status:
         for line in status:
             if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024**2  # the kernel's "kB" are KiB
+                return int(line.split()[1]) * 1024 / 1e9  # the kernel's "kB" are KiB
     raise RuntimeError("/proc/self/status has no VmHWM line (not Linux?)")
 
 
@@ -28,7 +28,7 @@ def _call_and_measure(job: tuple[Callable[..., Any], dict]) -> tuple[Any, float]
 
 
 def run_isolated(function: Callable[..., Any], **kwargs: Any) -> tuple[Any, float]:
-    """``function(**kwargs)`` in a fresh spawned process: (its result, its peak RSS in GiB)."""
+    """``function(**kwargs)`` in a fresh spawned process: (its result, its peak RSS in GB)."""
     pool = multiprocessing.get_context("spawn").Pool(1)
     try:
         return pool.apply(_call_and_measure, ((function, kwargs),))
