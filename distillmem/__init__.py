@@ -8,10 +8,10 @@ from . import data, features
 from .baselines import herding, kip, random_subset
 from .distill import KRRDistiller, distill
 from .distilled_set import DistilledSet
-from .features.linear import distill_deep_linear
 from .krr import KRR
 from .label_only import distill_labels
 from .memory import MomentMemory
+from .nonsurjective import distill_approximate, distill_deep_linear
 from .privacy import distill_private
 
 __version__ = "0.1.0"
@@ -29,6 +29,7 @@ __all__ = [
     "random_subset",
     "distill_labels",
     "distill_deep_linear",
+    "distill_approximate",
     "distill_private",
     "__version__",
 ]

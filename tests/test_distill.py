@@ -6,13 +6,12 @@ import functools
 
 import pytest
 import torch
+from conftest import _naive_ridge, _problem, _rel_err
 
 import distillmem
 from distillmem import KRR, KRRDistiller, distill
 from distillmem.data import load_dataset
 from distillmem.features import Identity, RandomFCNN, RandomFourier
-
-from conftest import _naive_ridge, _problem, _rel_err
 
 TEACHER_REG = 1e-3
 K = 4

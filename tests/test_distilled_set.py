@@ -10,14 +10,13 @@ import struct
 import numpy as np
 import pytest
 import torch
+from conftest import _problem, _rel_err
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 import distillmem.distilled_set as distilled_set_module
 from distillmem import DistilledSet, distill
 from distillmem.features import Identity, RandomFCNN, RandomFourier
-
-from conftest import _problem, _rel_err
 
 MEAN, STD = (0.5, 0.25), (0.1, 0.2)
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from distillmem import KRR, DistilledSet, KRRDistiller
 from distillmem.features import ModuleMap, RandomFCNN, from_spec
-from distillmem.features.module import distill_approximate
+from distillmem.nonsurjective import distill_approximate
 
 D, P = 12, 24
 

@@ -1,4 +1,4 @@
-"""A frozen user torch module as a feature map, and the non-surjective distillation route.
+"""A frozen user torch module as a feature map.
 
 ``ModuleMap`` wraps any module mapping (n, d) -> (n, ...) (a frozen backbone,
 for example); its output is flattened to (n, p). It has no exact inverse, so
@@ -6,11 +6,9 @@ for example); its output is flattened to (n, p). It has no exact inverse, so
 ||phi(x) - F||^2 over x by L-BFGS or Adam and reports the remaining relative
 feature residual.
 
-``distill_approximate`` is the fallback of theory.md section 7 (paper section
-5.2): the Theorem 5.1 target features, an optimised preimage, then the
-Theorem 4.2 least-squares labels on the features actually reached, which
-minimise the weight error for those points (zero once m >= p and the
-recovered features have rank p).
+``distillmem.distill_approximate`` (in ``distillmem.nonsurjective``) distils
+with such maps: the Theorem 5.1 target features, this optimised preimage,
+then least-squares labels on the features actually reached.
 
 Serialization: a module cannot be rebuilt from JSON, so ``spec()`` records a
 description instead: the module's class, its (truncated) repr and a sha256
@@ -24,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -370,153 +367,3 @@ class ModuleMap(FeatureMap):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.p}, optimizer={self.optimizer!r}, steps={self.steps}, seed={self.seed}"
-
-
-def distill_approximate(
-    x: Any,
-    y: Any = None,
-    *,
-    teacher: Any,
-    ipc: int = 10,
-    init: str = "real",
-    reg_s: float | str = 0.0,
-    root: str = "plus",
-    soft_labels: bool = True,
-    noise_scale: float = 0.1,
-    solve_labels: bool = True,
-    steps: int | None = None,
-    lr: float | None = None,
-    optimizer: str | None = None,
-    seed: int = 0,
-    device: str | torch.device | None = None,
-    dataset: str | None = None,
-    mean: tuple[float, ...] | None = None,
-    std: tuple[float, ...] | None = None,
-):
-    """Distil a fitted KRR ``teacher`` whose feature map is not surjective (theory.md section 7).
-
-    1. The Theorem 5.1 target features Phi_S (m, p), as KRRDistiller computes
-       them (init "real": Z from ``ipc`` real points per class of (x, y);
-       "noise": Z random, x and y may be None).
-    2. X_S by optimisation: minimise ||phi(X_S) - Phi_S||^2 (ModuleMap's
-       preimage; any other FeatureMap is wrapped in a ModuleMap for this step),
-       starting from the real points or from seeded noise.
-    3. With ``solve_labels``, the Theorem 4.2 labels on the recovered features
-       Phi_hat = phi(X_S): T_S = pinv(Q)^T W^T with Q = phi_{reg_s}(Phi_hat)^+,
-       the least-squares minimiser of ||W_S - W||_F for these points.
-
-    Returns a DistilledSet; its provenance has ``feature_residual`` (relative,
-    step 2), ``recovery_error`` (relative weight error of the refit on the
-    returned set), ``recovery_error_before_labels`` (with the step-1 labels)
-    and ``label_step_used`` (False when the step was off, or when the solved
-    labels were not better, which happens only at rounding level). The set's
-    ``feature_map_spec`` is the teacher map's spec; for a ModuleMap rebuild
-    the map with ``ModuleMap.rebuild(spec, module)``.
-    """
-    from .._solvers import pinv
-    from .._validation import image_shape_of, resolve_device
-    from ..distill import INITS, ROOTS, KRRDistiller, class_interleaved_labels, features_from_d, regularized_pinv
-    from ..distilled_set import DistilledSet
-    from ..krr import KRR
-
-    start_time = time.perf_counter()
-    if teacher is None or not hasattr(teacher, "weights_"):
-        raise ValueError("teacher must be a fitted KRR: call teacher.fit(x, y) first")
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    if root not in ROOTS:
-        raise ValueError(f"root must be one of {ROOTS}, got {root!r}")
-    if not (isinstance(ipc, (int, np.integer)) and ipc >= 1):
-        raise ValueError(f"ipc must be an integer >= 1, got {ipc!r}")
-    if not (reg_s == "bound" or (isinstance(reg_s, (int, float)) and np.isfinite(reg_s) and reg_s >= 0)):
-        raise ValueError(f'reg_s must be a float >= 0 or "bound", got {reg_s!r}')
-    if not noise_scale > 0:
-        raise ValueError(f"noise_scale must be > 0, got {noise_scale!r}")
-    dev = resolve_device(device)
-    fmap = teacher.feature_map_.to(dev)
-    solver = fmap if isinstance(fmap, ModuleMap) else ModuleMap(fmap, teacher.n_features_in_, seed=seed)
-    weights = teacher.weights_.to(dev)
-    k, ipc = weights.shape[0], int(ipc)
-    gen = torch.Generator().manual_seed(seed)
-    labels = class_interleaved_labels(k, ipc)
-    targets = torch.nn.functional.one_hot(labels, k).to(torch.float64).to(dev)
-    soft_used = False
-    reference = None
-    if init == "real":
-        if x is None or y is None:
-            raise ValueError('init="real" needs the real data x and y as arrays')
-        # KRRDistiller's class-balanced, interleaved choice of real points.
-        helper = KRRDistiller(ipc=ipc, seed=seed)
-        reference = helper._reference_points(x, y, ipc, teacher, gen, dev)
-        ref_inverse = regularized_pinv(fmap(reference).to(torch.float64), 0.0 if reg_s == "bound" else float(reg_s))
-        if soft_labels:
-            soft = pinv(ref_inverse).T @ weights.T
-            if int(torch.linalg.matrix_rank(soft)) == k:
-                targets, soft_used = soft, True
-
-    # D = Y^+ W + (I - P) Z, then Phi_S from D (Theorem 5.1), as in KRRDistiller.fit.
-    y_pinv = pinv(targets.T)
-    particular = y_pinv @ weights
-    if init == "real":
-        free = ref_inverse
-    else:
-        scale = noise_scale * float(particular.std()) if particular.numel() > 1 else noise_scale
-        free = scale * torch.randn(particular.shape, generator=gen, dtype=torch.float64).to(dev)
-    free = free - y_pinv @ (targets.T @ free)
-    features, reg_used = features_from_d(particular + free, reg_s, root)
-    range_scale = fmap.range_scale(features)
-    features, targets = features / range_scale, targets / range_scale
-    reg_fit = reg_used / range_scale**2
-
-    points, residual = solver.preimage_with_residual(features, init=reference, steps=steps, lr=lr, optimizer=optimizer)
-    points = points.to(torch.float64)
-
-    def weight_error(t: torch.Tensor) -> float:
-        student = KRR(fmap, reg=reg_fit, n_classes=k, device=dev).fit(points, t)
-        return float(torch.linalg.norm(student.weights_ - teacher.weights_) / torch.linalg.norm(teacher.weights_))
-
-    error_before = weight_error(targets)
-    error, labels_used = error_before, False
-    if solve_labels:
-        with torch.no_grad():
-            recovered = fmap(points).to(torch.float64)
-        q = regularized_pinv(recovered, reg_fit)
-        solved = pinv(q).T @ weights.T
-        error_solved = weight_error(solved)
-        # The least-squares labels cannot be worse except by rounding, when both errors are ~eps.
-        labels_used = error_solved <= error_before
-        if labels_used:
-            targets, error = solved, error_solved
-    image_shape = image_shape_of(x)
-    return DistilledSet(
-        x=points.cpu(),
-        y=targets.cpu(),
-        labels=labels,
-        feature_map_spec=fmap.spec(),
-        reg=reg_fit,
-        image_shape=image_shape,
-        mean=mean,
-        std=std,
-        provenance={
-            "method": "approximate",
-            "dataset": dataset,
-            "n": teacher.n_samples_,
-            "ipc": ipc,
-            "init": init,
-            "soft_labels": soft_used,
-            "seed": int(seed),
-            "teacher_reg": teacher.reg_,
-            "reg_s": reg_used,
-            "root": root,
-            "range_scale": range_scale,
-            "optimizer": optimizer or solver.optimizer,
-            "steps": solver.steps if steps is None else int(steps),
-            "feature_residual": residual,
-            "label_step": bool(solve_labels),
-            "label_step_used": labels_used,
-            "recovery_error_before_labels": error_before,
-            "recovery_error": error,
-            "seconds": time.perf_counter() - start_time,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        },
-    )
