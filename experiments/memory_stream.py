@@ -1,15 +1,17 @@
-"""Class-incremental MNIST with a bounded moment memory (distillmem.MomentMemory).
+"""Class-incremental MNIST / Fashion-MNIST with a bounded moment memory (distillmem.MomentMemory).
 
 FCNN features (RandomFCNN(784, seed=0)), lambda = 1. Five tasks of two classes
 ({0,1}, {2,3}, ...) stream through a memory of at most 100 points, recompressed
 after each task; the KRR head is fitted on the memory alone. Compared with 100
 random real points (10 per class) and with KRR on all 60k points. A second
 table sweeps the memory size r for the non-incremental memory (all data, then
-compressed) against random real subsets of r points.
+compressed) against random real subsets of r points and against Chen et al.'s
+per-class closed-form set of r points.
 
-    PYTHONPATH=. python experiments/memory_stream.py            # ../shared/data/mnist.npz
+    PYTHONPATH=. python experiments/memory_stream.py                           # ../shared/data/mnist.npz
+    PYTHONPATH=. python experiments/memory_stream.py --dataset fashion-mnist   # Debian's dataset-fashion-mnist
 
-Writes experiments/results/memory_stream.{md,json}.
+Writes experiments/results/memory_stream_<dataset>.{md,json}.
 """
 
 from __future__ import annotations
@@ -107,9 +109,16 @@ def run_stream(make_memory, recompress, x, y, f_test, y_test, reg, batch) -> dic
             "weights": memory.fit_krr(reg).weights_, "seconds": time.perf_counter() - start}
 
 
+DEFAULT_DATA = {
+    "mnist": REPO.parent / "shared" / "data" / "mnist.npz",
+    "fashion-mnist": Path("/usr/share/datasets/fashion-mnist"),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "mnist.npz")
+    parser.add_argument("--dataset", default="mnist", choices=sorted(DEFAULT_DATA))
+    parser.add_argument("--data", type=Path, help="dataset location (default: the copy on this machine)")
     parser.add_argument("--reg", type=float, default=1.0)
     parser.add_argument("--budget", type=int, default=100)
     parser.add_argument("--online-batch", type=int, default=1000, help="update size of the online variant")
@@ -124,7 +133,7 @@ def main() -> None:
     t0 = time.perf_counter()
 
     # Load the data; features of the test set once, in float64.
-    ds = dm.data.load_dataset("mnist", args.data)
+    ds = dm.data.load_dataset(args.dataset, args.data if args.data is not None else DEFAULT_DATA[args.dataset])
     x = ds.x_train.reshape(len(ds.x_train), -1).to(torch.float64)
     y = ds.y_train
     x_test = ds.x_test.reshape(len(ds.x_test), -1).to(torch.float64)
@@ -185,6 +194,10 @@ def main() -> None:
     for size in SIZES:
         row = {"r": size, "random_real": random_real[size],
                "predicted_truncation_error": views["truncate"].truncation_error(size, reg)}
+        if size % k == 0:
+            # Chen et al.'s per-class set of the same size: exact, but only at this lambda.
+            weights = dm.distill(None, None, ipc=size // k, teacher=full, seed=0).fit_krr().weights_
+            row["per_class"] = {"acc": accuracy(weights, f_test, y_test), "weight_err": rel_err(weights, w_full)}
         for shrink, view in views.items():
             weights = view.compress(size).fit_krr(reg).weights_
             row[shrink] = {"acc": accuracy(weights, f_test, y_test), "weight_err": rel_err(weights, w_full)}
@@ -194,7 +207,7 @@ def main() -> None:
     # Report.
     summary = {
         "command": command,
-        "setup": {"dataset": "mnist", "n_train": len(y), "n_test": len(y_test), "feature_map": fmap.spec(), "reg": reg,
+        "setup": {"dataset": args.dataset, "n_train": len(y), "n_test": len(y_test), "feature_map": fmap.spec(), "reg": reg,
                   "budget": budget, "tasks": TASKS, "online_batch": args.online_batch, "chunk_size": args.chunk_size,
                   "random_seeds": args.seeds, "torch": torch.__version__, "python": platform.python_version(),
                   "threads": torch.get_num_threads(), "seconds_total": total},
@@ -207,10 +220,11 @@ def main() -> None:
         "size_sweep": sweep,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(args.out / "memory_stream.json", (json.dumps(summary, indent=2) + "\n").encode())
-    atomic_write_bytes(args.out / "memory_stream.md", markdown(summary).encode())
+    stem = args.out / f"memory_stream_{args.dataset}"
+    atomic_write_bytes(stem.with_suffix(".json"), (json.dumps(summary, indent=2) + "\n").encode())
+    atomic_write_bytes(stem.with_suffix(".md"), markdown(summary).encode())
     print(markdown(summary))
-    print(f"wrote {args.out / 'memory_stream.md'} and .json in {total:.0f}s")
+    print(f"wrote {stem}.md and .json in {total:.0f}s")
 
 
 def markdown(s: dict) -> str:
@@ -218,11 +232,11 @@ def markdown(s: dict) -> str:
     setup = s["setup"]
     rr = s["random_real_budget"]
     lines = [
-        "# Class-incremental MNIST with a moment memory",
+        f"# Class-incremental {setup['dataset']} with a moment memory",
         "",
         f"Command: `{s['command']}` ({setup['seconds_total']:.0f} s, {setup['threads']} threads, torch {setup['torch']}).",
         "",
-        f"MNIST, 60k train / 10k test, `RandomFCNN(784, seed=0)` features, lambda = {setup['reg']:g}. Tasks "
+        f"{setup['dataset']}, {setup['n_train']} train / {setup['n_test']} test, `RandomFCNN(784, seed=0)` features, lambda = {setup['reg']:g}. Tasks "
         f"{setup['tasks']}; the memory holds at most {setup['budget']} points, recompressed after each update "
         f"(one update per task, or updates of {setup['online_batch']} samples), and the KRR head is fitted on the "
         "memory alone. Accuracy in %; weight error = ||W - W_all||_F / ||W_all||_F.",
@@ -246,15 +260,19 @@ def markdown(s: dict) -> str:
         cells = [f"{pct(t['acc_seen'])} / {pct(t['acc_all'])}" for t in run["per_task"]]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "## Memory size r, non-incremental (all data, then compressed to r points)", "",
+              "Per-class set: Chen et al.'s closed form with r / k points per class, exact at this lambda only "
+              "(the memory is exact at every lambda once r reaches the rank).",
+              "",
               "| r | truncate acc | truncate W err (predicted) | frequent-directions acc | FD W err | "
-              "random real acc | random real W err |",
-              "|---|---|---|---|---|---|---|"]
+              "random real acc | random real W err | per-class set acc | per-class W err |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for row in s["size_sweep"]:
         t, f, r = row["truncate"], row["frequent-directions"], row["random_real"]
         lines.append(
             f"| {row['r']} | {pct(t['acc'])} | {t['weight_err']:.3f} ({row['predicted_truncation_error']:.3f}) | "
             f"{pct(f['acc'])} | {f['weight_err']:.3f} | {pct(r['acc_mean'])} ± {pct(r['acc_std'])} | "
-            f"{r['weight_err_mean']:.3f} |"
+            f"{r['weight_err_mean']:.3f} | "
+            + (f"{pct(row['per_class']['acc'])} | {row['per_class']['weight_err']:.1e} |" if "per_class" in row else "- | - |")
         )
     return "\n".join(lines) + "\n"
 
