@@ -383,7 +383,7 @@ def kip(
     *,
     ipc: int,
     feature_map: FeatureMap | None = None,
-    steps: int = 1000,
+    steps: int = KIP_PAPER_STEPS,
     lr: float = 0.01,
     batch_size: int = 5000,
     learn_labels: bool = True,
@@ -410,7 +410,8 @@ def kip(
     closed form, T_S^T = T_B^T M^+ (differentiably), otherwise they stay one-hot;
     the loss is the mean squared error of M^T T_S against T_B, and Adam
     (``lr``) updates X_S through autograd in phi. The paper's budget is
-    ``KIP_PAPER_STEPS`` = 30,000 steps; ``steps`` sets it here.
+    ``KIP_PAPER_STEPS`` = 30,000 steps, the default; pass a smaller ``steps``
+    for a fixed budget (hours on a CPU at the default).
 
     After the last step the returned set is evaluated once more in float64:
     its ``reg`` is lambda_S of the final points and its ``y`` the closed-form

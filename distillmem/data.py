@@ -501,8 +501,8 @@ def _to_nchw(x: np.ndarray, shape: tuple[int, int, int], name: str, what: str) -
     if x.ndim == 4 and x.shape[1:] == (c, h, w):
         return x
     if x.ndim == 4 and x.shape[1:] == (h, w, c):
-        # Transpose the uint8 array, not the float one: the copy is 4x smaller.
-        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        # A strided view: the float conversion that follows writes NCHW order in the same pass.
+        return x.transpose(0, 3, 1, 2)
     forms = [f"(n, {h}, {w}, {c})", f"(n, {c}, {h}, {w})"]
     if c == 1:
         forms.insert(0, f"(n, {h}, {w})")
