@@ -66,7 +66,8 @@ class FeatureMap(nn.Module):
 
     @property
     def seed(self) -> int | None:
-        return None
+        """The seed the parameters were drawn from (subclasses store it as ``_seed``); None if none."""
+        return getattr(self, "_seed", None)
 
     def spec(self) -> dict[str, Any]:
         """A JSON-able description from which ``from_spec`` rebuilds this map."""

@@ -151,10 +151,6 @@ class RandomConv(FeatureMap):
         self._solvers: dict[tuple[int, torch.device, torch.dtype], Any] = {}
 
     @property
-    def seed(self) -> int:
-        return self._seed
-
-    @property
     def n_layers(self) -> int:
         return len(self.channels)
 

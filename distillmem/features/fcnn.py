@@ -60,10 +60,6 @@ class RandomFCNN(FeatureMap):
             weight = torch.empty(width, fan_in).normal_(0.0, std, generator=gen)
             self.register_buffer(f"weight{i}", weight.to(torch.float64))
 
-    @property
-    def seed(self) -> int:
-        return self._seed
-
     def out_features(self, in_features: int) -> int:
         return self.widths[-1]
 

@@ -55,10 +55,6 @@ class RandomFourier(FeatureMap):
         self.register_buffer("freqs", torch.randn(out_features, in_features, generator=gen, dtype=torch.float64) / sigma)
         self.register_buffer("phases", math.pi * torch.rand(out_features, generator=gen, dtype=torch.float64))
 
-    @property
-    def seed(self) -> int:
-        return self._seed
-
     def out_features(self, in_features: int) -> int:
         return self.p
 

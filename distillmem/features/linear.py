@@ -70,10 +70,6 @@ class RandomLinear(FeatureMap):
         self.register_buffer("composed", composed)
         self.rank = int(torch.linalg.matrix_rank(composed, rtol=max(composed.shape) * torch.finfo(torch.float64).eps))
 
-    @property
-    def seed(self) -> int:
-        return self._seed
-
     def out_features(self, in_features: int) -> int:
         return self.widths[-1]
 

@@ -216,10 +216,6 @@ class ModuleMap(FeatureMap):
         return out.reshape(n, -1)
 
     # -- FeatureMap contract -------------------------------------------------
-    @property
-    def seed(self) -> int:
-        return self._seed
-
     def out_features(self, in_features: int) -> int:
         return self.p
 
