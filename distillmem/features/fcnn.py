@@ -73,7 +73,8 @@ class RandomFCNN(FeatureMap):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i in range(len(self.widths)):
-            x = F.leaky_relu(x @ self._cast(f"weight{i}", x).T, self.negative_slope)
+            # In place on the fresh product: no second (n, p) buffer (autograd allows it for slope > 0).
+            x = F.leaky_relu_(x @ self._cast(f"weight{i}", x).T, self.negative_slope)
         return x
 
     def preimage(self, features: torch.Tensor) -> torch.Tensor:
