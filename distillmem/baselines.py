@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from ._solvers import pinv
 from ._validation import as_samples, as_targets, check_labels, image_shape_of, resolve_device, to_tensor
-from .distill import class_interleaved_labels
+from .distill import class_interleaved_labels, refit_error
 from .distilled_set import DistilledSet
 from .features import FeatureMap, Identity
 from .krr import KRR
@@ -124,8 +124,7 @@ class _Problem:
         labels = class_interleaved_labels(self.k, self.ipc)
         error = None
         if self.teacher is not None:
-            student = KRR(self.fmap, reg=reg, n_classes=self.k, device=self.device).fit(points, targets)
-            error = float(torch.linalg.norm(student.weights_ - self.teacher.weights_) / torch.linalg.norm(self.teacher.weights_))
+            error = refit_error(self.fmap, points, targets, reg, self.teacher.weights_, device=self.device)
         provenance = {
             "method": method,
             "dataset": dataset,

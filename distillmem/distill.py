@@ -31,6 +31,25 @@ ROOTS = ("plus", "minus")
 RECOVERY_TOLERANCE = 1e-6
 
 
+def refit_error(
+    feature_map: FeatureMap, points: torch.Tensor, targets: torch.Tensor, reg: float, weights: torch.Tensor, **params: Any
+) -> float:
+    """||W_S - W||_F / ||W||_F for W_S of KRR(feature_map, reg, **params) refitted on points (m, d) and targets (m, k).
+
+    W (k, p) is the model the set should reproduce; recomputing phi on the
+    points exposes any preimage error.
+    """
+    student = KRR(feature_map, reg=reg, n_classes=weights.shape[0], **params).fit(points, targets)
+    weights = weights.cpu()
+    return float(torch.linalg.norm(student.weights_ - weights) / torch.linalg.norm(weights).clamp_min(1e-300))
+
+
+def warn_if_inexact(error: float, subject: str = "the distilled model differs from the original") -> None:
+    """Warn (at the caller's caller) when a refit error exceeds RECOVERY_TOLERANCE."""
+    if not error <= RECOVERY_TOLERANCE:
+        warnings.warn(f"{subject}: relative weight error {error:.3g} > {RECOVERY_TOLERANCE:g}", stacklevel=3)
+
+
 def class_interleaved_labels(n_classes: int, ipc: int) -> torch.Tensor:
     """Labels (m,) with point j of class j mod k: [0, 1, ..., k-1, 0, 1, ...]."""
     return torch.arange(n_classes * ipc) % n_classes
@@ -207,13 +226,8 @@ class KRRDistiller:
         reg_fit = reg_s / range_scale**2
         points = fmap.preimage(features)
 
-        student = KRR(fmap, reg=reg_fit, n_classes=k, chunk_size=self.chunk_size, device=self.device).fit(points, targets)
-        error = float(torch.linalg.norm(student.weights_ - teacher.weights_) / torch.linalg.norm(teacher.weights_))
-        if not error <= RECOVERY_TOLERANCE:
-            warnings.warn(
-                f"the distilled model differs from the original: relative weight error {error:.3g} > {RECOVERY_TOLERANCE:g}",
-                stacklevel=2,
-            )
+        error = refit_error(fmap, points, targets, reg_fit, teacher.weights_, chunk_size=self.chunk_size, device=self.device)
+        warn_if_inexact(error)
         image_shape = image_shape_of(x)
         self.teacher_ = teacher
         self.recovery_error_ = error

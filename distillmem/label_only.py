@@ -27,7 +27,7 @@ import torch
 
 from ._solvers import pinv, rank_tol
 from ._validation import as_samples, image_shape_of, to_tensor
-from .distill import RECOVERY_TOLERANCE, _version, regularized_pinv
+from .distill import RECOVERY_TOLERANCE, _version, refit_error, regularized_pinv
 from .distilled_set import DistilledSet
 from .krr import KRR
 
@@ -103,8 +103,7 @@ def distill_labels(
     top = float(singular[0])
     feature_rank = int((singular > rank_tol(features, top)).sum()) if top > 0 else 0
 
-    student = KRR(fmap, reg=reg_s, n_classes=k, solver="svd").fit(points, targets)
-    error = float(torch.linalg.norm(student.weights_ - weights) / torch.linalg.norm(weights))
+    error = refit_error(fmap, points, targets, reg_s, weights, solver="svd")
     exact = bool(error <= RECOVERY_TOLERANCE)
     if not exact and feature_rank == p:
         warnings.warn(

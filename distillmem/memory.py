@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -26,6 +25,7 @@ import torch
 from ._solvers import Spectral, rank_tol
 from ._stats import iter_array_chunks, iter_batches
 from ._validation import as_samples, as_targets, is_array, resolve_device, to_tensor
+from .distill import refit_error, warn_if_inexact
 from .distilled_set import DistilledSet
 from .features import FeatureMap
 from .krr import KRR
@@ -334,16 +334,8 @@ class MomentMemory:
         scale = float(fmap.range_scale(features))
         features, targets, reg_set = features / scale, targets / scale, reg / scale**2
         points = fmap.preimage(features)
-        student = KRR(fmap, reg=reg_set, n_classes=self.n_classes, device=self.device).fit(points, targets)
-        teacher = self.fit_krr(reg).weights_
-        error = float(torch.linalg.norm(student.weights_ - teacher) / torch.linalg.norm(teacher).clamp_min(1e-300))
-        from .distill import RECOVERY_TOLERANCE
-
-        if not error <= RECOVERY_TOLERANCE:
-            warnings.warn(
-                f"the set's model differs from the memory's: relative weight error {error:.3g} > {RECOVERY_TOLERANCE:g}",
-                stacklevel=2,
-            )
+        error = refit_error(fmap, points, targets, reg_set, self.fit_krr(reg).weights_, device=self.device)
+        warn_if_inexact(error, "the set's model differs from the memory's")
         return DistilledSet(
             x=points.cpu(),
             y=targets.cpu(),

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import time
-import warnings
 from typing import Any
 
 import numpy as np
@@ -22,13 +21,14 @@ from ._solvers import pinv
 from ._validation import image_shape_of, resolve_device
 from .distill import (
     INITS,
-    RECOVERY_TOLERANCE,
     ROOTS,
     KRRDistiller,
     _version,
     class_interleaved_labels,
     features_from_d,
+    refit_error,
     regularized_pinv,
+    warn_if_inexact,
 )
 from .distilled_set import DistilledSet
 from .features.linear import RANGE_TOLERANCE, RandomLinear, _is_int
@@ -134,13 +134,8 @@ def distill_deep_linear(
     features, _ = features_from_d(d_mat, 0.0, "plus")
     points = features @ m_pinv.T
 
-    student = KRR(fmap, reg=0.0, n_classes=k, solver="svd").fit(points, targets)
-    error = float(torch.linalg.norm(student.weights_ - weights) / torch.linalg.norm(weights))
-    if not error <= RECOVERY_TOLERANCE:
-        warnings.warn(
-            f"the distilled model differs from the original: relative weight error {error:.3g} > {RECOVERY_TOLERANCE:g}",
-            stacklevel=2,
-        )
+    error = refit_error(fmap, points, targets, 0.0, weights, solver="svd")
+    warn_if_inexact(error)
 
     return DistilledSet(
         x=points,
@@ -261,8 +256,7 @@ def distill_approximate(
     points = points.to(torch.float64)
 
     def weight_error(t: torch.Tensor) -> float:
-        student = KRR(fmap, reg=reg_fit, n_classes=k, device=dev).fit(points, t)
-        return float(torch.linalg.norm(student.weights_ - teacher.weights_) / torch.linalg.norm(teacher.weights_))
+        return refit_error(fmap, points, t, reg_fit, teacher.weights_, device=dev)
 
     error_before = weight_error(targets)
     error, labels_used = error_before, False

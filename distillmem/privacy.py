@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from typing import Any
 
 import numpy as np
@@ -24,10 +23,9 @@ import torch
 
 from ._solvers import pinv, rank_tol
 from ._validation import as_samples, as_targets, image_shape_of, to_tensor
-from .distill import RECOVERY_TOLERANCE, _version, class_interleaved_labels, features_from_d
+from .distill import _version, class_interleaved_labels, features_from_d, refit_error, warn_if_inexact
 from .distilled_set import DistilledSet
 from .features import Identity
-from .krr import KRR
 
 #: The Gaussian-mechanism constant used: sigma = C sqrt(ln(1.25/delta)) Delta' / epsilon with
 #: C = 2 sqrt(2) (the paper prints 2; the textbook mechanism with sensitivity 2B/sigma_0^2 gives 2 sqrt(2)).
@@ -234,13 +232,8 @@ def distill_private(
     d_mat = y_pinv @ weights + noise - y_pinv @ (targets_s.T @ noise)
     points, _ = features_from_d(d_mat, 0.0, "plus")
 
-    student = KRR(Identity(), reg=0.0, n_classes=k, solver="svd").fit(points, targets_s)
-    error = float(torch.linalg.norm(student.weights_ - weights) / torch.linalg.norm(weights))
-    if not error <= RECOVERY_TOLERANCE:
-        warnings.warn(
-            f"the distilled model differs from the original: relative weight error {error:.3g} > {RECOVERY_TOLERANCE:g}",
-            stacklevel=2,
-        )
+    error = refit_error(Identity(), points, targets_s, 0.0, weights, solver="svd")
+    warn_if_inexact(error)
     image_shape = image_shape_of(x)
     return DistilledSet(
         x=points,
