@@ -87,6 +87,26 @@ def features_from_d(d: torch.Tensor, reg_s: float | str, root: str) -> tuple[tor
     return (v * sigma) @ u_t, reg
 
 
+def reference_points(x: Any, y: Any, ipc: int, teacher: KRR, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """ipc real points per class, interleaved like the labels: (m, d)."""
+    xs = as_samples(x)
+    if xs.shape[1] != teacher.n_features_in_:
+        raise ValueError(f"x has {xs.shape[1]} features, the teacher was fitted on {teacher.n_features_in_}")
+    k = teacher.n_classes_
+    targets, _ = as_targets(y, xs.shape[0], k)
+    classes = targets.argmax(dim=1)
+    check_labels(classes, k)
+    picks = []
+    for c in range(k):
+        members = (classes == c).nonzero().flatten()
+        if members.numel() < ipc:
+            raise ValueError(f'init="real" needs {ipc} points of class {c}, the data has {members.numel()}')
+        picks.append(members[torch.randperm(members.numel(), generator=gen)[:ipc]])
+    order = torch.stack(picks, dim=1).flatten()  # row-major over (ipc, k): class j mod k
+    index = order.numpy() if isinstance(xs, np.ndarray) else order
+    return to_tensor(xs[index], device).to(torch.float64)
+
+
 class KRRDistiller:
     """Distil a labelled dataset into ``ipc`` points per class that give back its KRR model exactly.
 
@@ -199,7 +219,7 @@ class KRRDistiller:
         if self.init == "real":
             if not (is_array(x) and is_array(y)):
                 raise ValueError('init="real" needs the real data x and y as arrays')
-            reference = self._reference_points(x, y, ipc, teacher, gen, device)
+            reference = reference_points(x, y, ipc, teacher, gen, device)
             ref_inverse = regularized_pinv(
                 fmap(reference).to(torch.float64), 0.0 if self.reg_s == "bound" else float(self.reg_s)
             )
@@ -258,25 +278,6 @@ class KRRDistiller:
             },
         )
         return self
-
-    def _reference_points(self, x, y, ipc: int, teacher: KRR, gen: torch.Generator, device: torch.device) -> torch.Tensor:
-        """ipc real points per class, interleaved like the labels: (m, d)."""
-        xs = as_samples(x)
-        if xs.shape[1] != teacher.n_features_in_:
-            raise ValueError(f"x has {xs.shape[1]} features, the teacher was fitted on {teacher.n_features_in_}")
-        k = teacher.n_classes_
-        targets, _ = as_targets(y, xs.shape[0], k)
-        classes = targets.argmax(dim=1)
-        check_labels(classes, k)
-        picks = []
-        for c in range(k):
-            members = (classes == c).nonzero().flatten()
-            if members.numel() < ipc:
-                raise ValueError(f'init="real" needs {ipc} points of class {c}, the data has {members.numel()}')
-            picks.append(members[torch.randperm(members.numel(), generator=gen)[:ipc]])
-        order = torch.stack(picks, dim=1).flatten()  # row-major over (ipc, k): class j mod k
-        index = order.numpy() if isinstance(xs, np.ndarray) else order
-        return to_tensor(xs[index], device).to(torch.float64)
 
     def _resolve_feature_map(self, teacher: KRR | None) -> FeatureMap:
         if teacher is None:

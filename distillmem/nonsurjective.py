@@ -22,10 +22,10 @@ from ._validation import image_shape_of, resolve_device
 from .distill import (
     INITS,
     ROOTS,
-    KRRDistiller,
     _version,
     class_interleaved_labels,
     features_from_d,
+    reference_points,
     refit_error,
     regularized_pinv,
     warn_if_inexact,
@@ -229,9 +229,7 @@ def distill_approximate(
     if init == "real":
         if x is None or y is None:
             raise ValueError('init="real" needs the real data x and y as arrays')
-        # KRRDistiller's class-balanced, interleaved choice of real points.
-        helper = KRRDistiller(ipc=ipc, seed=seed)
-        reference = helper._reference_points(x, y, ipc, teacher, gen, dev)
+        reference = reference_points(x, y, ipc, teacher, gen, dev)
         ref_inverse = regularized_pinv(fmap(reference).to(torch.float64), 0.0 if reg_s == "bound" else float(reg_s))
         if soft_labels:
             soft = pinv(ref_inverse).T @ weights.T
