@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import math
+import numbers
+
 import numpy as np
 import torch
 
@@ -12,6 +15,37 @@ ArrayLike = torch.Tensor | np.ndarray
 _FLOAT_DTYPES = (torch.float32, torch.float64)
 # float32 holds every value of these exactly (24-bit significand).
 _SMALL_EXACT_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.uint16, torch.float16, torch.bfloat16)
+
+
+def check_int(value: Any, name: str, *, minimum: int | None = None) -> int:
+    """``value`` as a plain int: Python or numpy integers only (bool is refused), at least ``minimum``."""
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_floating_point() and not value.is_complex():
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_real(
+    value: Any, name: str, *, minimum: float | None = None, positive: bool = False, allow_inf: bool = False
+) -> float:
+    """``value`` as a plain float: a real number (int, float, numpy or 0-d tensor; bool refused),
+    never NaN, infinite only with ``allow_inf``, at least ``minimum``, > 0 with ``positive``."""
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_complex() and value.dtype != torch.bool:
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if math.isnan(value) or (math.isinf(value) and not allow_inf):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if positive and not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return value
 
 
 def is_array(x: Any) -> bool:
