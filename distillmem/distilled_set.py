@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass, field
@@ -17,12 +18,20 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from ._io import atomic_write_bytes
+from ._validation import check_int, check_real
 from .data import unnormalize
 from .features import FeatureMap, from_spec
+from .features.base import feature_map_names
 
 FORMAT = "distillmem.DistilledSet"
 FORMAT_VERSION = "1"
 _TENSORS = ("x", "y", "labels")
+_DTYPES = {"x": torch.float64, "y": torch.float64, "labels": torch.int64}
+_META_FIELDS = ("feature_map_spec", "reg", "image_shape", "mean", "std", "provenance")
+#: Spec parameters that size the tensors drawn when a feature map is rebuilt.
+_SIZE_PARAMS = ("in_features", "out_features", "widths", "channels", "image_shape", "input_shape", "kernel_size", "stride", "padding")
+#: No size in a loaded feature-map spec may exceed this many times max(points, input width).
+MAX_WIDTH_RATIO = 16
 
 
 @dataclass(eq=False)
@@ -73,10 +82,41 @@ class DistilledSet:
             )
         if self.y.shape[0] != m or self.labels.shape[0] != m:
             raise ValueError(f"x, y and labels disagree on the number of points: {m}, {self.y.shape[0]}, {self.labels.shape[0]}")
-        if self.image_shape is not None and int(torch.tensor(self.image_shape).prod()) != self.x.shape[1]:
-            raise ValueError(f"image_shape {self.image_shape} does not match {self.x.shape[1]} features")
-        if not self.reg >= 0:
-            raise ValueError(f"reg must be >= 0, got {self.reg!r}")
+        if 0 in self.x.shape or 0 in self.y.shape:
+            raise ValueError(f"DistilledSet needs at least one point, feature and class; found x {tuple(self.x.shape)}, y {tuple(self.y.shape)}")
+        for name in ("x", "y"):
+            values = getattr(self, name)
+            if not values.is_floating_point():
+                raise ValueError(f"{name} must hold floating-point values, found {values.dtype}")
+            if not bool(torch.isfinite(values).all()):
+                raise ValueError(f"{name} contains NaN or Inf")
+        if self.labels.is_floating_point() or self.labels.is_complex() or self.labels.dtype == torch.bool:
+            raise ValueError(f"labels must be integer class indices, found {self.labels.dtype}")
+        low, high = int(self.labels.min()), int(self.labels.max())
+        if low < 0 or high >= self.n_classes:
+            raise ValueError(f"labels must lie in [0, {self.n_classes}) for y with {self.n_classes} columns, found [{low}, {high}]")
+        if self.image_shape is not None:
+            self.image_shape = tuple(check_int(s, "image_shape entry", minimum=1) for s in self.image_shape)
+            if math.prod(self.image_shape) != self.x.shape[1]:
+                raise ValueError(f"image_shape {self.image_shape} does not match {self.x.shape[1]} features")
+        self._check_statistics()
+        self.reg = check_real(self.reg, "reg", minimum=0.0)
+
+    def _check_statistics(self) -> None:
+        """mean and std: finite, std > 0, one value per channel (or a divisor of d without image_shape)."""
+        channels = None if self.image_shape is None else self.image_shape[0]
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is None:
+                continue
+            if not values or not all(math.isfinite(v) for v in values):
+                raise ValueError(f"{name} must be one or more finite numbers, got {values}")
+            if name == "std" and min(values) <= 0:
+                raise ValueError(f"std must be positive, got {values}")
+            if channels is not None and len(values) != channels:
+                raise ValueError(f"{name} has {len(values)} values for image_shape {self.image_shape} with {channels} channels")
+            if channels is None and self.x.shape[1] % len(values):
+                raise ValueError(f"{name} has {len(values)} values, which do not split {self.x.shape[1]} features into channels")
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -135,12 +175,7 @@ class DistilledSet:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no DistilledSet file at {path}")
-        data = path.read_bytes()
-        header = _read_metadata(data, path)
-        if header.get("format") != FORMAT:
-            raise ValueError(f"{path} is a safetensors file but not a distillmem DistilledSet")
-        if header.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path} has DistilledSet format version {header.get('format_version')!r}; this distillmem reads {FORMAT_VERSION}")
+        header, data = _read_file(path)
         try:
             tensors = load_tensors(data)
         except (SafetensorError, RuntimeError, ValueError) as exc:
@@ -149,21 +184,27 @@ class DistilledSet:
             raise ValueError(f"{path} holds tensors {sorted(tensors)}, expected {list(_TENSORS)}")
         if _digest(tensors, header.get("meta", "")) != header.get("sha256"):
             raise ValueError(f"{path} is corrupt: its checksum does not match its contents")
+        # The checksum only detects accidents: everything below is checked as if crafted.
+        meta = _read_meta(header["meta"], path)
         try:
-            meta = json.loads(header["meta"])
+            for name in _TENSORS:
+                if tensors[name].dtype != _DTYPES[name]:
+                    raise ValueError(f"{name} must be {_DTYPES[name]} as save writes it, found {tensors[name].dtype}")
+            if tensors["x"].ndim == 2:
+                _check_feature_map_spec(meta["feature_map_spec"], *tensors["x"].shape)
             return cls(
                 tensors["x"],
                 tensors["y"],
                 tensors["labels"],
                 meta["feature_map_spec"],
-                float(meta["reg"]),
-                None if meta["image_shape"] is None else tuple(meta["image_shape"]),
-                None if meta["mean"] is None else tuple(meta["mean"]),
-                None if meta["std"] is None else tuple(meta["std"]),
+                meta["reg"],
+                _numbers(meta, "image_shape"),
+                _numbers(meta, "mean"),
+                _numbers(meta, "std"),
                 meta["provenance"],
             )
-        except (KeyError, TypeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path} has malformed DistilledSet metadata: {exc!r}") from None
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path} is not a valid DistilledSet: {exc}") from None
 
 
 def _digest(tensors: dict[str, torch.Tensor], meta_json: str) -> str:
@@ -174,18 +215,101 @@ def _digest(tensors: dict[str, torch.Tensor], meta_json: str) -> str:
     return sha.hexdigest()
 
 
-def _read_metadata(data: bytes, path: Path) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors header: 8-byte little-endian length, then JSON."""
-    if len(data) < 8:
-        raise ValueError(f"{path} is not a DistilledSet file: it is only {len(data)} bytes long")
-    (length,) = struct.unpack("<Q", data[:8])
-    if length > len(data) - 8:
-        raise ValueError(f"{path} is truncated or not a DistilledSet file: its header claims {length} bytes")
+def _read_file(path: Path) -> tuple[dict[str, str], bytes]:
+    """The ``__metadata__`` of a DistilledSet file and the file's bytes.
+
+    A safetensors file starts with an 8-byte little-endian header length, then
+    the JSON header. Both are checked before the rest is read, so a large
+    foreign or truncated file fails after reading its first bytes only.
+    """
+    with path.open("rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise ValueError(f"{path} is not a DistilledSet file: it is only {len(prefix)} bytes long")
+        (length,) = struct.unpack("<Q", prefix)
+        if length > size - 8:
+            raise ValueError(f"{path} is truncated or not a DistilledSet file: its header claims {length} bytes of {size}")
+        header_bytes = handle.read(length)
+        try:
+            header = json.loads(header_bytes)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ValueError(f"{path} is not a DistilledSet file: its header is not valid JSON") from None
+        metadata = header.get("__metadata__") if isinstance(header, dict) else None
+        if not isinstance(metadata, dict):
+            raise ValueError(f"{path} is not a DistilledSet file: it has no distillmem metadata")
+        if metadata.get("format") != FORMAT:
+            raise ValueError(f"{path} is a safetensors file but not a distillmem DistilledSet")
+        if metadata.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{path} has DistilledSet format version {metadata.get('format_version')!r}; this distillmem reads {FORMAT_VERSION}"
+            )
+        if not isinstance(metadata.get("meta"), str) or not isinstance(metadata.get("sha256"), str):
+            raise ValueError(f"{path} has malformed DistilledSet metadata: 'meta' and 'sha256' must be strings")
+        return metadata, prefix + header_bytes + handle.read()
+
+
+def _read_meta(meta_json: str, path: Path) -> dict[str, Any]:
+    """The ``meta`` record: a JSON object with exactly the fields ``save`` writes."""
     try:
-        header = json.loads(data[8 : 8 + length])
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ValueError(f"{path} is not a DistilledSet file: its header is not valid JSON") from None
-    metadata = header.get("__metadata__") if isinstance(header, dict) else None
-    if not isinstance(metadata, dict):
-        raise ValueError(f"{path} is not a DistilledSet file: it has no distillmem metadata")
-    return metadata
+        meta = json.loads(meta_json)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} has malformed DistilledSet metadata: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} has malformed DistilledSet metadata: expected a JSON object, found {type(meta).__name__}")
+    missing, unknown = sorted(set(_META_FIELDS) - set(meta)), sorted(set(meta) - set(_META_FIELDS))
+    if missing or unknown:
+        raise ValueError(f"{path} has malformed DistilledSet metadata: missing fields {missing}, unknown fields {unknown}")
+    return meta
+
+
+def _numbers(meta: dict[str, Any], name: str) -> tuple[Any, ...] | None:
+    """Field ``name`` of the metadata: None or a list of numbers, as a tuple."""
+    value = meta[name]
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise ValueError(f"{name} must be a list or null, found {type(value).__name__}")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError(f"{name} must hold numbers, found {v!r}")
+    return tuple(value)
+
+
+def _check_feature_map_spec(spec: Any, n_points: int, in_features: int) -> None:
+    """Check a feature-map spec read from a file of ``n_points`` points of width ``in_features``.
+
+    The map is rebuilt from its spec, so every size in it is bounded by the
+    data actually stored: no more than ``MAX_WIDTH_RATIO`` times the larger of
+    the point count and the input width. A crafted width thus fails here, not
+    as a huge allocation when the map is rebuilt.
+    """
+    if not isinstance(spec, dict) or set(spec) != {"name", "params", "seed"}:
+        raise ValueError(f"feature_map_spec must be an object with keys name, params and seed, got {spec!r:.200}")
+    name, params, seed = spec["name"], spec["params"], spec["seed"]
+    if name not in feature_map_names():
+        raise ValueError(f"feature_map_spec names an unknown feature map {name!r:.100}; known: {list(feature_map_names())}")
+    if not isinstance(params, dict):
+        raise ValueError(f"feature_map_spec.params must be an object, found {type(params).__name__}")
+    if seed is not None:
+        seed = check_int(seed, "feature_map_spec.seed")
+        if not -(2**63) <= seed < 2**64:
+            raise ValueError(f"feature_map_spec.seed {seed} is out of the 64-bit range")
+    limit = MAX_WIDTH_RATIO * max(n_points, in_features)
+    for key in _SIZE_PARAMS:
+        value = params.get(key)
+        if value is None:
+            continue
+        for size in value if isinstance(value, list) else [value]:
+            size = check_int(size, f"feature_map_spec.params.{key}", minimum=0 if key == "padding" else 1)
+            # A ModuleMap's output width is the user's module's, nothing is allocated from it.
+            if size > limit and not (name == "module" and key == "out_features"):
+                raise ValueError(
+                    f"feature_map_spec.params.{key} = {size} exceeds {limit}, {MAX_WIDTH_RATIO} times the larger of "
+                    f"the set's {n_points} points and {in_features} input features"
+                )
+    if params.get("in_features") is not None and params["in_features"] != in_features:
+        raise ValueError(f"feature_map_spec.params.in_features = {params['in_features']} but the points have {in_features} features")
+    for key in ("image_shape", "input_shape"):
+        if isinstance(params.get(key), list) and math.prod(params[key]) != in_features:
+            raise ValueError(f"feature_map_spec.params.{key} = {params[key]} does not match the points' {in_features} features")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import stat
 import struct
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -273,6 +275,139 @@ def test_malformed_metadata_raises(tmp_path):
         DistilledSet.load(path)
 
 
+# -- crafted files: a consistent checksum, hostile contents ------------------------------------------
+
+
+def craft(path, change):
+    """Rewrite the set at ``path`` after ``change(tensors, meta)`` edits it, with a matching checksum."""
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    meta = json.loads(metadata["meta"])
+    change(tensors, meta)
+    metadata["meta"] = json.dumps(meta)
+    metadata["sha256"] = distilled_set_module._digest(tensors, metadata["meta"])
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def _set(where, key, value):
+    return lambda tensors, meta: where(tensors, meta).__setitem__(key, value)
+
+
+_META = lambda tensors, meta: meta  # noqa: E731
+_TENSORS = lambda tensors, meta: tensors  # noqa: E731
+_SPEC = lambda tensors, meta: meta["feature_map_spec"]  # noqa: E731
+_PARAMS = lambda tensors, meta: meta["feature_map_spec"]["params"]  # noqa: E731
+
+CRAFTED = {
+    "float32 points": (lambda t, m: t.update(x=t["x"].float()), "x must be torch.float64"),
+    "float32 targets": (lambda t, m: t.update(y=t["y"].float()), "y must be torch.float64"),
+    "float64 labels": (lambda t, m: t.update(labels=t["labels"].double()), "labels must be torch.int64"),
+    "int32 labels": (lambda t, m: t.update(labels=t["labels"].int()), "labels must be torch.int64"),
+    "NaN point": (lambda t, m: t["x"].__setitem__((1, 2), float("nan")), "x contains NaN or Inf"),
+    "infinite target": (lambda t, m: t["y"].__setitem__((0, 0), float("-inf")), "y contains NaN or Inf"),
+    "label out of range": (lambda t, m: t["labels"].__setitem__(0, 4), r"labels must lie in \[0, 4\)"),
+    "negative label": (lambda t, m: t["labels"].__setitem__(0, -3), r"labels must lie in \[0, 4\)"),
+    "labels too short": (lambda t, m: t.update(labels=t["labels"][:-1]), "disagree on the number of points"),
+    "1-D points": (lambda t, m: t.update(x=t["x"].reshape(-1)), r"needs x \(m, d\)"),
+    "negative reg": (_set(_META, "reg", -1.0), "reg must be >= 0"),
+    "infinite reg": (_set(_META, "reg", float("inf")), "reg must be a finite number"),
+    "reg as text": (_set(_META, "reg", "0.001"), "reg must be a real number"),
+    "reg as bool": (_set(_META, "reg", True), "reg must be a real number"),
+    "image_shape as text": (_set(_META, "image_shape", "2x4x5"), "image_shape must be a list or null"),
+    "image_shape of floats": (_set(_META, "image_shape", [2, 4, 5.0]), "image_shape entry must be an integer"),
+    "image_shape mismatch": (_set(_META, "image_shape", [2, 4, 4]), r"image_shape \(2, 4, 4\) does not match 40"),
+    "mean of text": (_set(_META, "mean", ["0.5", "0.25"]), "mean must hold numbers"),
+    "mean too long": (_set(_META, "mean", [0.5, 0.25, 0.1]), "mean has 3 values for image_shape"),
+    "zero std": (_set(_META, "std", [0.1, 0.0]), "std must be positive"),
+    "meta unknown field": (_set(_META, "extra", 1), r"unknown fields \['extra'\]"),
+    "spec as list": (_set(_META, "feature_map_spec", ["fcnn"]), "feature_map_spec must be an object"),
+    "spec unknown map": (_set(_SPEC, "name", "evil"), "unknown feature map 'evil'"),
+    "spec params as list": (_set(_SPEC, "params", []), "feature_map_spec.params must be an object"),
+    "spec seed as text": (_set(_SPEC, "seed", "1"), "feature_map_spec.seed must be an integer"),
+    "spec seed too large": (_set(_SPEC, "seed", 2**70), "out of the 64-bit range"),
+    "spec 1e9 wide": (_set(_PARAMS, "widths", [10**9]), "feature_map_spec.params.widths = 1000000000 exceeds 640"),
+    "spec zero width": (_set(_PARAMS, "widths", [0]), "feature_map_spec.params.widths must be >= 1"),
+    "spec float width": (_set(_PARAMS, "widths", [40.5]), "feature_map_spec.params.widths must be an integer"),
+    "spec wrong input width": (_set(_PARAMS, "in_features", 41), "in_features = 41 but the points have 40 features"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CRAFTED))
+def test_crafted_file_fails_at_load_naming_file_and_field(tmp_path, case):
+    change, phrase = CRAFTED[case]
+    path = craft(saved(tmp_path), change)
+    with pytest.raises(ValueError, match=phrase) as info:
+        DistilledSet.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_crafted_rff_spec_of_huge_output_width_fails_at_load(tmp_path):
+    path = craft(saved(tmp_path, "rff"), _set(_PARAMS, "out_features", 10**9))
+    with pytest.raises(ValueError, match="out_features = 1000000000 exceeds"):
+        DistilledSet.load(path)
+
+
+@pytest.mark.parametrize("meta_json", ["[1, 2]", "{not json"])
+def test_crafted_meta_that_is_not_an_object_raises(tmp_path, meta_json):
+    path = saved(tmp_path)
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    metadata["meta"] = meta_json
+    metadata["sha256"] = distilled_set_module._digest(tensors, meta_json)
+    save_file(tensors, str(path), metadata=metadata)
+    with pytest.raises(ValueError, match=f"{path} has malformed DistilledSet metadata"):
+        DistilledSet.load(path)
+
+
+def test_widest_legitimate_spec_loads(tmp_path):
+    # The bound is generous: a map up to MAX_WIDTH_RATIO times the input width still loads.
+    limit = distilled_set_module.MAX_WIDTH_RATIO * 40
+    path = craft(saved(tmp_path, "rff"), _set(_PARAMS, "out_features", limit))
+    assert DistilledSet.load(path).feature_map_spec["params"]["out_features"] == limit
+
+
+def _sparse_file(path, size: int, head: bytes):
+    with open(path, "wb") as handle:
+        handle.write(head)
+        handle.truncate(size)
+    return path
+
+
+def _peak_bytes_while(action) -> int:
+    tracemalloc.start()
+    try:
+        action()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_large_foreign_file_fails_after_reading_its_header_only(tmp_path):
+    header = json.dumps({"__metadata__": {"format": "pt"}, "w": {"dtype": "F32", "shape": [2**26], "data_offsets": [0, 2**28]}})
+    head = struct.pack("<Q", len(header)) + header.encode()
+    path = _sparse_file(tmp_path / "big.safetensors", len(head) + 2**28, head)
+
+    def load():
+        with pytest.raises(ValueError, match="not a distillmem DistilledSet"):
+            DistilledSet.load(path)
+
+    assert _peak_bytes_while(load) < 2**22  # far below the 256 MiB file
+
+
+def test_header_length_beyond_the_file_fails_before_reading_it(tmp_path):
+    path = _sparse_file(tmp_path / "big.safetensors", 2**28, struct.pack("<Q", 2**40))
+
+    def load():
+        with pytest.raises(ValueError, match=f"header claims {2**40} bytes of {2**28}"):
+            DistilledSet.load(path)
+
+    assert _peak_bytes_while(load) < 2**22
+
+
 # -- images -------------------------------------------------------------------------------------
 
 
@@ -358,11 +493,64 @@ def test_image_shape_not_matching_width_raises():
         DistilledSet(x, y, labels, spec, 0.0, image_shape=(1, 6, 6))
 
 
-@pytest.mark.parametrize("reg", [-1e-3, float("nan")])
-def test_bad_reg_raises(reg):
+@pytest.mark.parametrize(
+    "reg, error, phrase",
+    [
+        (-1e-3, ValueError, "reg must be >= 0"),
+        (float("nan"), ValueError, "reg must be a finite number"),
+        (float("inf"), ValueError, "reg must be a finite number"),
+        (True, TypeError, "reg must be a real number"),
+        ("0.1", TypeError, "reg must be a real number"),
+    ],
+)
+def test_bad_reg_raises(reg, error, phrase):
     x, y, labels, spec = components()
-    with pytest.raises(ValueError, match="reg must be >= 0"):
+    with pytest.raises(error, match=phrase):
         DistilledSet(x, y, labels, spec, reg)
+
+
+def test_numpy_reg_becomes_a_float():
+    x, y, labels, spec = components()
+    syn = DistilledSet(x, y, labels, spec, np.float32(0.5))
+    assert type(syn.reg) is float and syn.reg == 0.5
+
+
+BAD_TENSORS = {
+    "NaN x": (lambda p: p.update(x=p["x"].clone().fill_(float("nan"))), "x contains NaN or Inf"),
+    "infinite y": (lambda p: p["y"].__setitem__((0, 0), float("inf")), "y contains NaN or Inf"),
+    "integer x": (lambda p: p.update(x=p["x"].to(torch.int64)), "x must hold floating-point values"),
+    "float labels": (lambda p: p.update(labels=p["labels"].to(torch.float64)), "labels must be integer class indices"),
+    "label k": (lambda p: p["labels"].__setitem__(0, 3), r"labels must lie in \[0, 3\)"),
+    "label -1": (lambda p: p["labels"].__setitem__(0, -1), r"labels must lie in \[0, 3\)"),
+    "no points": (lambda p: p.update(x=p["x"][:0], y=p["y"][:0], labels=p["labels"][:0]), "at least one point"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TENSORS))
+def test_bad_tensors_raise(case):
+    change, phrase = BAD_TENSORS[case]
+    x, y, labels, spec = components()
+    parts = {"x": x, "y": y.clone(), "labels": labels.clone()}
+    change(parts)
+    with pytest.raises(ValueError, match=phrase):
+        DistilledSet(parts["x"], parts["y"], parts["labels"], spec, 0.0)
+
+
+@pytest.mark.parametrize(
+    "fields, phrase",
+    [
+        ({"image_shape": (2, 4, 5), "mean": (0.1, 0.2, 0.3), "std": (1.0, 1.0, 1.0)}, "mean has 3 values for image_shape"),
+        ({"image_shape": (2, 4, 5), "mean": (0.1, 0.2), "std": (1.0, 0.0)}, "std must be positive"),
+        ({"mean": (0.1, float("nan")), "std": (1.0, 1.0)}, "mean must be one or more finite numbers"),
+        ({"mean": (0.1, 0.2, 0.3), "std": (1.0, 1.0, 1.0)}, "do not split 40 features"),
+        ({"image_shape": (2, 4, 5.0)}, "image_shape entry must be an integer"),
+        ({"image_shape": (-2, -4, 5)}, "image_shape entry must be >= 1"),
+    ],
+)
+def test_bad_image_fields_raise(fields, phrase):
+    x, y, labels, spec = components()
+    with pytest.raises((ValueError, TypeError), match=phrase):
+        DistilledSet(x, y, labels, spec, 0.0, **fields)
 
 
 def test_saved_file_has_ordinary_permissions(tmp_path):

@@ -94,13 +94,18 @@ class FeatureMap(nn.Module):
         return super()._apply(fn, recurse)
 
 
+def feature_map_names() -> tuple[str, ...]:
+    """The ``spec()["name"]`` values ``from_spec`` knows, sorted."""
+    return tuple(sorted(_REGISTRY))
+
+
 def from_spec(spec: dict[str, Any]) -> FeatureMap:
     """Rebuild a feature map from ``FeatureMap.spec()``."""
     if not isinstance(spec, dict) or "name" not in spec:
         raise ValueError(f"a feature-map spec must be a dict with a 'name', got {spec!r}")
     cls = _REGISTRY.get(spec["name"])
     if cls is None:
-        raise ValueError(f"unknown feature map {spec['name']!r}; known: {sorted(_REGISTRY)}")
+        raise ValueError(f"unknown feature map {spec['name']!r}; known: {list(feature_map_names())}")
     params = dict(spec.get("params", {}))
     if spec.get("seed") is not None:
         params["seed"] = spec["seed"]
