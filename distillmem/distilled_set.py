@@ -151,7 +151,12 @@ class DistilledSet:
 
     # -- files --------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """Write a safetensors file atomically; loading it runs no code."""
+        """Write a safetensors file atomically; loading it runs no code.
+
+        A symlink is written through to its target; an existing file keeps its
+        permissions, and a read-only one is refused (PermissionError). See
+        ``distillmem._io`` for how temporaries of killed saves are cleaned up.
+        """
         tensors = {
             "x": self.x.detach().cpu().to(torch.float64).contiguous(),
             "y": self.y.detach().cpu().to(torch.float64).contiguous(),
