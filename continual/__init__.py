@@ -1,5 +1,11 @@
-"""Distilled memories as replay buffers for Avalanche strategies (not built yet).
+"""Distilled and moment memories in Avalanche: a storage policy, a replay plugin, a KRR strategy, benchmarks.
 
-This package will depend on ``distillmem`` and avalanche-lib; ``distillmem``
-never imports it.
+Depends on ``distillmem`` and avalanche-lib; ``distillmem`` never imports this package.
 """
+
+from .benchmarks import split_benchmark
+from .buffer import DistilledBuffer
+from .plugin import DistilledReplayPlugin
+from .strategy import KRRStrategy
+
+__all__ = ["DistilledBuffer", "DistilledReplayPlugin", "KRRStrategy", "split_benchmark"]

@@ -1,0 +1,132 @@
+"""Save and restore a KRRStrategy's memory in a safetensors file (loading runs no code)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+import distillmem as dm
+
+from .strategy import KRRStrategy
+
+FORMAT = "distillmem.continual.KRRMemory"
+FORMAT_VERSION = "1"
+_TENSORS = {"moments": ("features", "targets"), "per-class": ("x", "y", "labels")}
+
+
+def save_memory(strategy: KRRStrategy, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Write the strategy's memory, lambda and class bookkeeping to ``path`` atomically.
+
+    An existing file is kept unless ``overwrite=True``.
+    """
+    if not isinstance(strategy, KRRStrategy):
+        raise TypeError(f"strategy must be a KRRStrategy, got {type(strategy).__name__}")
+    if strategy.memory is None:
+        raise ValueError("the strategy has no memory yet: train it on an experience before saving")
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    memory = strategy.memory
+    if strategy.memory_kind == "moments":
+        tensors = {"features": memory.features_, "targets": memory.targets_}
+        extra = {"n_seen": memory.n_seen_, "n_features_in": memory.n_features_in_}
+    else:
+        tensors = {"x": memory.x, "y": memory.y, "labels": memory.labels}
+        extra = {"set_reg": memory.reg}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    meta = json.dumps(
+        {
+            "kind": strategy.memory_kind,
+            "feature_map_spec": strategy.feature_map.spec(),
+            "n_classes": strategy.n_classes,
+            "max_points": strategy.max_points,
+            "shrink": strategy.shrink,
+            "reg": strategy.reg_,
+            "memory_classes": list(strategy.memory_classes_),
+            **extra,
+        }
+    )
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "meta": meta, "sha256": _digest(tensors, meta)}
+    payload = save_tensors(tensors, metadata=header)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_memory(strategy: KRRStrategy, path: str | os.PathLike[str]) -> KRRStrategy:
+    """Restore a memory saved by ``save_memory`` into a strategy built with the same settings; refits its head.
+
+    The strategy's feature map, memory kind, n_classes, max_points and shrink
+    must match the file's; a foreign, corrupt or truncated file raises ValueError.
+    """
+    if not isinstance(strategy, KRRStrategy):
+        raise TypeError(f"strategy must be a KRRStrategy, got {type(strategy).__name__}")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no memory file at {path}")
+    try:
+        tensors = load_tensors(path.read_bytes())
+        with open(path, "rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(length))["__metadata__"]
+    except (SafetensorError, RuntimeError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is not a readable memory file: {err}") from None
+    if header.get("format") != FORMAT or header.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path} is not a {FORMAT} file of version {FORMAT_VERSION}")
+    if _digest(tensors, header.get("meta", "")) != header.get("sha256"):
+        raise ValueError(f"{path} is corrupt: its checksum does not match its contents")
+    meta = json.loads(header["meta"])
+    expected = {
+        "kind": strategy.memory_kind,
+        "feature_map_spec": strategy.feature_map.spec(),
+        "max_points": strategy.max_points,
+        "shrink": strategy.shrink,
+    }
+    if strategy.n_classes is not None:
+        expected["n_classes"] = strategy.n_classes
+    for key, value in expected.items():
+        if json.loads(json.dumps(value)) != meta[key]:
+            raise ValueError(f"{path} holds a memory with {key}={meta[key]!r}, the strategy has {value!r}")
+    if set(tensors) != set(_TENSORS[meta["kind"]]):
+        raise ValueError(f"{path} holds tensors {sorted(tensors)}, expected {list(_TENSORS[meta['kind']])}")
+    k = int(meta["n_classes"])
+    if meta["kind"] == "moments":
+        memory = dm.MomentMemory.from_features(
+            strategy.feature_map, k, tensors["features"], tensors["targets"], n_seen=int(meta["n_seen"]),
+            max_points=strategy.max_points, shrink=strategy.shrink,
+        )
+        weights = memory.fit_krr(float(meta["reg"])).weights_
+    else:
+        memory = dm.DistilledSet(
+            tensors["x"], tensors["y"], tensors["labels"], strategy.feature_map.spec(), float(meta["set_reg"])
+        )
+        head = memory.fit_krr()
+        weights = torch.zeros(k, head.weights_.shape[1], dtype=torch.float64)
+        weights[list(meta["memory_classes"])] = head.weights_
+    strategy.n_classes = k
+    strategy.memory, strategy.memory_classes_, strategy.reg_ = memory, tuple(meta["memory_classes"]), float(meta["reg"])
+    strategy.model.weights = weights
+    return strategy
+
+
+def _digest(tensors: dict[str, torch.Tensor], meta: str) -> str:
+    sha = hashlib.sha256(meta.encode())
+    for name in sorted(tensors):
+        sha.update(tensors[name].numpy().tobytes())
+    return sha.hexdigest()

@@ -1,0 +1,256 @@
+"""KRRStrategy: an Avalanche strategy whose learner is a fixed feature map with a closed-form KRR head."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from avalanche.training.plugins.evaluation import default_evaluator
+from avalanche.training.templates import SupervisedTemplate
+from torch import nn
+
+import distillmem as dm
+from distillmem.features import FeatureMap
+
+from .data import ExperienceData, read_experience
+
+MEMORIES = ("moments", "per-class")
+#: lambda candidates of ``reg="auto"``: 10^-6 .. 10^5.5, as in the paper's grid.
+REG_GRID: tuple[float, ...] = tuple(10.0 ** (e / 2) for e in range(-12, 12))
+
+
+class KRRHead(nn.Module):
+    """Class scores W phi(flatten(x)): inputs (n, ...) -> (n, k) float32; W (k, p) float64, zero until fitted."""
+
+    def __init__(self, feature_map: FeatureMap) -> None:
+        super().__init__()
+        self.feature_map = feature_map
+        self.register_buffer("weights", torch.zeros(0, 0, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weights.numel() == 0:
+            raise RuntimeError("the KRR head is not fitted yet: train the strategy on an experience first")
+        features = self.feature_map(x.reshape(x.shape[0], -1).to(torch.float64))
+        return (features @ self.weights.T).to(torch.float32)
+
+
+class KRRStrategy(SupervisedTemplate):
+    """Continual KRR on a fixed feature map: ``train(experience)`` absorbs the data into a memory and refits the head.
+
+    ``model`` is a ``KRRHead`` (a torch module giving class scores), so
+    Avalanche's evaluation plugins, metrics and loggers work unchanged;
+    ``train`` runs one closed-form pass per experience (no minibatch
+    iterations, no optimizer).
+
+    Memories:
+
+    - ``"moments"`` (default): ``memory`` is a ``distillmem.MomentMemory``.
+      With ``max_points=None`` the head after every experience equals KRR
+      fitted jointly on all data seen so far, for every lambda, and the
+      memory never exceeds p points ((p, p + k) float64) however long the
+      stream. ``max_points=r`` keeps at most r points (``shrink`` as in
+      MomentMemory), trading exactness for size.
+    - ``"per-class"``: the paper's per-class set, for comparison: after each
+      experience KRR is refitted on the set plus the new data and distilled
+      again to ``ipc`` points per class seen (``memory`` is that
+      ``DistilledSet``, in the local class ids ``memory_classes_``). It
+      reproduces the refitted head, not the joint one, so it forgets.
+
+    Parameters
+    ----------
+    feature_map : FeatureMap
+        phi on flattened inputs (e.g. ``RandomFCNN(in_features=784)``), or a
+        frozen backbone through ``ModuleMap``.
+    reg : float or "auto"
+        lambda; ``"auto"`` picks it after every experience from the memory
+        (``"moments"`` only) by generalised cross-validation over ``reg_grid``,
+        which needs only the memory's spectrum and the number of samples.
+    max_points, shrink : see MomentMemory.
+    memory : {"moments", "per-class"}
+    ipc : int
+        Points per class of the ``"per-class"`` memory.
+    n_classes : int, optional
+        k; default read from the first experience's benchmark.
+    reg_grid : sequence of float, optional
+        Candidates for ``reg="auto"``; default ``REG_GRID``.
+    train_mb_size, eval_mb_size, device, plugins, evaluator, eval_every
+        As for Avalanche's templates.
+
+    Attributes
+    ----------
+    memory : MomentMemory or DistilledSet or None
+    reg_ : float
+        The lambda of the current head.
+    """
+
+    def __init__(
+        self,
+        *,
+        feature_map: FeatureMap,
+        reg: float | str = 1.0,
+        max_points: int | None = None,
+        shrink: str = "frequent-directions",
+        memory: str = "moments",
+        ipc: int = 10,
+        n_classes: int | None = None,
+        reg_grid: Sequence[float] | None = None,
+        train_mb_size: int = 1024,
+        eval_mb_size: int = 1024,
+        device: str | torch.device = "cpu",
+        plugins: Sequence[Any] | None = None,
+        evaluator: Any = default_evaluator,
+        eval_every: int = -1,
+    ) -> None:
+        if not isinstance(feature_map, FeatureMap):
+            raise TypeError(f"feature_map must be a distillmem FeatureMap, got {type(feature_map).__name__}")
+        if memory not in MEMORIES:
+            raise ValueError(f"memory must be one of {MEMORIES}, got {memory!r}")
+        if isinstance(reg, str):
+            if reg != "auto":
+                raise ValueError(f'reg must be a float >= 0 or "auto", got {reg!r}')
+            if memory != "moments":
+                raise ValueError('reg="auto" selects lambda from a moments memory; use memory="moments" or a fixed reg')
+        elif isinstance(reg, bool) or not (isinstance(reg, (int, float)) and math.isfinite(reg) and reg >= 0):
+            raise ValueError(f'reg must be a float >= 0 or "auto", got {reg!r}')
+        if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
+            raise ValueError(f"ipc must be an integer >= 1, got {ipc!r}")
+        if n_classes is not None and (isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1):
+            raise ValueError(f"n_classes must be None or an integer >= 1, got {n_classes!r}")
+        grid = REG_GRID if reg_grid is None else tuple(float(r) for r in reg_grid)
+        if not grid or min(grid) < 0 or not all(math.isfinite(r) for r in grid):
+            raise ValueError(f"reg_grid must be a non-empty sequence of finite values >= 0, got {reg_grid!r}")
+        super().__init__(
+            model=KRRHead(feature_map),
+            optimizer=None,
+            train_mb_size=train_mb_size,
+            train_epochs=1,
+            eval_mb_size=eval_mb_size,
+            device=device,
+            plugins=plugins,
+            evaluator=evaluator,
+            eval_every=eval_every,
+        )
+        self.feature_map = feature_map
+        self.reg = reg
+        self.max_points = max_points
+        self.shrink = shrink
+        self.memory_kind = memory
+        self.ipc = ipc
+        self.n_classes = n_classes
+        self.reg_grid = grid
+        self.memory: dm.MomentMemory | dm.DistilledSet | None = None
+        self.memory_classes_: tuple[int, ...] = ()
+
+    # -- the template's SGD steps, replaced by one closed-form pass -------------------
+    def make_optimizer(self, **kwargs: Any) -> None:
+        """No optimizer: the head is solved in closed form."""
+
+    def training_epoch(self, **kwargs: Any) -> None:
+        declared = getattr(self.experience, "classes_in_this_experience", None)
+        self.absorb(read_experience(self.adapted_dataset, classes=declared))
+
+    # -- the pure update --------------------------------------------------------------
+    def absorb(self, data: ExperienceData) -> None:
+        """Fold an experience's samples into the memory and refit the head; nothing changes on error."""
+        k = self._resolve_n_classes()
+        if int(data.y.max()) >= k:
+            raise ValueError(f"the experience has class {int(data.y.max())}, outside n_classes={k}")
+        x = data.x.reshape(data.x.shape[0], -1).to(torch.float64)
+        width = x.shape[1]
+        try:
+            self.feature_map.check_input(x[:1])
+        except ValueError as err:
+            raise ValueError(
+                f"feature_map {self.feature_map!r} does not fit the experience's inputs of shape "
+                f"{data.input_shape} (flattened width {width}): {err}"
+            ) from None
+        if self.memory_kind == "moments":
+            memory = self.memory
+            if memory is None:
+                memory = dm.MomentMemory(self.feature_map, k, max_points=self.max_points, shrink=self.shrink)
+            # One update per experience, so a budget is enforced once, after the whole experience; the
+            # memory only changes once the update has succeeded.
+            memory.update(x, data.y)
+            reg = select_reg(memory, self.reg_grid) if self.reg == "auto" else float(self.reg)
+            weights = memory.fit_krr(reg).weights_
+            classes: tuple[int, ...] = ()
+        else:
+            memory, classes, weights = self._per_class_update(x, data.y, k)
+            reg = float(self.reg)
+        self.memory, self.memory_classes_, self.reg_ = memory, classes, reg
+        self.model.weights = weights.to(self.model.weights.device)
+
+    def _per_class_update(self, x: torch.Tensor, y: torch.Tensor, k: int):
+        seen = sorted(set(self.memory_classes_) | set(torch.unique(y).tolist()))
+        labels = torch.searchsorted(torch.tensor(seen), y)
+        targets = torch.nn.functional.one_hot(labels, len(seen)).to(torch.float64)
+        if self.memory is not None:
+            old = self.memory
+            remap = torch.searchsorted(torch.tensor(seen), torch.tensor(self.memory_classes_))
+            old_targets = torch.zeros(len(old), len(seen), dtype=torch.float64)
+            old_targets[:, remap] = old.y
+            x = torch.cat([old.x, x])
+            targets = torch.cat([old_targets, targets])
+            labels = torch.cat([remap[old.labels], labels])
+        teacher = dm.KRR(self.feature_map, reg=float(self.reg), n_classes=len(seen)).fit(x, targets)
+        # The teacher sees the old points' soft targets; the real-init references are chosen by class.
+        ipc = min(self.ipc, int(torch.bincount(labels, minlength=len(seen)).min()))
+        distilled = dm.distill(x, labels, ipc=ipc, teacher=teacher, init="real")
+        weights = torch.zeros(k, teacher.weights_.shape[1], dtype=torch.float64)
+        weights[seen] = teacher.weights_
+        return distilled, tuple(seen), weights
+
+    # -- sizes --------------------------------------------------------------------------
+    @property
+    def memory_nbytes(self) -> int:
+        """Bytes of the memory's state (points and targets, float64)."""
+        if self.memory is None:
+            return 0
+        if isinstance(self.memory, dm.MomentMemory):
+            tensors = (self.memory.features_, self.memory.targets_)
+        else:
+            tensors = (self.memory.x, self.memory.y, self.memory.labels)
+        return sum(t.element_size() * t.numel() for t in tensors)
+
+    @property
+    def memory_points(self) -> int:
+        if self.memory is None:
+            return 0
+        return self.memory.n_points if isinstance(self.memory, dm.MomentMemory) else len(self.memory)
+
+    def _resolve_n_classes(self) -> int:
+        if self.n_classes is None:
+            benchmark = getattr(self.experience, "benchmark", None)
+            k = getattr(benchmark, "n_classes", None)
+            if k is None:
+                raise ValueError("n_classes is unknown: pass KRRStrategy(..., n_classes=k)")
+            self.n_classes = int(k)
+        return self.n_classes
+
+
+def select_reg(memory: dm.MomentMemory, grid: Sequence[float]) -> float:
+    """lambda of the grid minimising generalised cross-validation, from the memory alone.
+
+    With the canonical rows diag(s) V^T and targets t_i (rows of U^T T) of
+    one-hot labels (||T||^2 = n), the residual of the fit on the data is
+    RSS = n - sum ||t_i||^2 + sum (lambda / (s_i^2 + lambda))^2 ||t_i||^2 and
+    its degrees of freedom sum s_i^2 / (s_i^2 + lambda); GCV = RSS / (1 - dof/n)^2.
+    """
+    n = float(memory.n_seen_)
+    eig = memory.features_.square().sum(dim=1)
+    mass = memory.targets_.square().sum(dim=1)
+    best, best_score = None, math.inf
+    for reg in grid:
+        shrink = reg / (eig + reg) if reg > 0 else torch.zeros_like(eig)
+        dof = float((1 - shrink).sum())
+        if dof >= n:
+            continue
+        rss = n - float(mass.sum()) + float((shrink.square() * mass).sum())
+        score = rss / (1 - dof / n) ** 2
+        if score < best_score:
+            best, best_score = float(reg), score
+    if best is None:
+        raise ValueError(f"every lambda of the grid fits the {int(n)} samples exactly; give a larger reg_grid")
+    return best
