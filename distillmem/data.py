@@ -12,6 +12,7 @@ import gzip
 import math
 import numbers
 import os
+import zipfile
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -205,6 +206,21 @@ def load_dataset(
     return _build(name, *arrays, scale=255.0)
 
 
+def dataset_files(name: str, root: str | os.PathLike[str] | None) -> list[Path]:
+    """The files ``load_dataset(name, root)`` reads: the ``.npz`` file or the IDX files.
+
+    Empty for ``digits`` and for torchvision roots. Lets a caller refuse to
+    write over its own input before loading anything.
+    """
+    if root is None or name == "digits":
+        return []
+    path = Path(root)
+    if path.is_file() or path.suffix == ".npz":
+        return [path]
+    spec = _spec(name)
+    return (_idx_paths(path, spec) or []) if spec.reads_idx else []
+
+
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an IDX file (the MNIST format), gzipped or not.
 
@@ -392,17 +408,34 @@ def _load_digits() -> ImageDataset:
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, ...]:
-    loaded = np.load(path, allow_pickle=False)
-    if not isinstance(loaded, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path} holds a single array, not an .npz archive with {', '.join(NPZ_KEYS)}")
-    with loaded:
-        missing = [k for k in NPZ_KEYS if k not in loaded.files]
-        if missing:
+    # Checked first: numpy reads any other file as a single array or a pickle,
+    # and its error for the latter advises loading with allow_pickle.
+    with path.open("rb") as handle:
+        if not zipfile.is_zipfile(handle):
             raise ValueError(
-                f"{path} lacks arrays {', '.join(missing)}; it must hold {', '.join(NPZ_KEYS)} "
-                f"(found: {', '.join(loaded.files) or 'none'})"
+                f"{path} is not a .npz archive (not a complete zip file); it must hold arrays {', '.join(NPZ_KEYS)}"
             )
-        return tuple(loaded[k] for k in NPZ_KEYS)
+    try:
+        with np.load(path, allow_pickle=False) as loaded:
+            missing = [k for k in NPZ_KEYS if k not in loaded.files]
+            if missing:
+                raise ValueError(
+                    f"{path} lacks arrays {', '.join(missing)}; it must hold {', '.join(NPZ_KEYS)} "
+                    f"(found: {', '.join(loaded.files) or 'none'})"
+                )
+            return tuple(_npz_array(loaded, k, path) for k in NPZ_KEYS)
+    except (zipfile.BadZipFile, EOFError, zlib.error) as err:
+        raise ValueError(f"{path} is a corrupt or truncated .npz archive: {err}") from None
+
+
+def _npz_array(loaded: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
+    try:
+        array = loaded[key]
+    except ValueError as err:  # object arrays (never unpickled) and malformed .npy headers
+        raise ValueError(f"{path}: {key} is not a plain numeric array ({err})") from None
+    if not isinstance(array, np.ndarray):  # a member stored without the .npy format
+        raise ValueError(f"{path}: {key} is not stored as a .npy array")
+    return array
 
 
 def _idx_paths(root: Path, spec: _Spec) -> list[Path] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import math
 import struct
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from distillmem.data import (
     DATASETS,
     IDX_FILES,
     ImageDataset,
+    dataset_files,
     load_dataset,
     normalize,
     read_idx,
@@ -206,6 +208,75 @@ def test_npz_rejects_pickled_objects_and_other_files(tmp_path):
     other.write_text("not data")
     with pytest.raises(ValueError, match="not a .npz archive"):
         load_dataset("mnist", other)
+
+
+def _flip_byte(path: Path, position: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[position] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _npz_files(tmp_path):
+    """Broken .npz files, by name, each with the phrase its error must contain."""
+    files = {}
+    text = tmp_path / "text.npz"
+    text.write_text("x_train,y_train\n1,2\n")
+    files["text"] = (text, "not a .npz archive")
+    single = tmp_path / "single.npz"
+    with single.open("wb") as handle:
+        np.save(handle, np.zeros((3, 28, 28), dtype=np.uint8))
+    files["single .npy"] = (single, "not a .npz archive")
+    truncated = tmp_path / "truncated.npz"
+    write_npz(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:3000])
+    files["truncated"] = (truncated, "not a .npz archive")
+    crc = tmp_path / "crc.npz"
+    write_npz(crc)
+    _flip_byte(crc, 200)  # inside x_train's pixels: the zip's CRC check fails
+    files["bad CRC"] = (crc, "corrupt or truncated .npz archive")
+    deflated = tmp_path / "deflated.npz"
+    arrays = write_npz(deflated)
+    np.savez_compressed(deflated, **arrays)
+    _flip_byte(deflated, 2000)  # inside the compressed pixels of x_train
+    files["bad deflate stream"] = (deflated, "corrupt or truncated .npz archive")
+    header = tmp_path / "header.npz"
+    write_npz(header)
+    _flip_byte(header, header.read_bytes().index(b"fortran_order") + 3)
+    files["bad .npy header"] = (header, "x_train is not a plain numeric array")
+    objects = tmp_path / "objects.npz"
+    write_npz(objects, y_train=np.array([object()] * 12))
+    files["object array"] = (objects, "y_train is not a plain numeric array")
+    raw = tmp_path / "raw.npz"
+    with zipfile.ZipFile(raw, "w") as archive:
+        for key in ("x_train", "y_train", "x_test", "y_test"):
+            archive.writestr(key, b"\0" * 64)  # no .npy format
+    files["raw members"] = (raw, "x_train is not stored as a .npy array")
+    return files
+
+
+NPZ_CASES = ["text", "single .npy", "truncated", "bad CRC", "bad deflate stream", "bad .npy header", "object array", "raw members"]
+
+
+@pytest.mark.parametrize("case", NPZ_CASES)
+def test_broken_npz_is_a_clear_value_error(tmp_path, case):
+    path, phrase = _npz_files(tmp_path)[case]
+    with pytest.raises(ValueError, match=phrase) as info:
+        load_dataset("mnist", path)
+    assert str(path) in str(info.value)
+    assert "pickle" not in str(info.value).replace("allow_pickle=False", "")  # no advice to unpickle
+
+
+def test_dataset_files_names_what_load_dataset_reads(tmp_path):
+    npz = tmp_path / "mnist.npz"
+    write_npz(npz)
+    assert dataset_files("mnist", npz) == [npz]
+    assert dataset_files("mnist", tmp_path / "absent.npz") == [tmp_path / "absent.npz"]
+    folder = tmp_path / "idx"
+    write_idx_folder(folder)
+    assert {p.name for p in dataset_files("mnist", folder)} == {"train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte",
+                                                                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte"}
+    assert dataset_files("digits", None) == []
+    assert dataset_files("cifar10", tmp_path) == []
 
 
 # --- IDX --------------------------------------------------------------------------------
