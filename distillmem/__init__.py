@@ -13,14 +13,16 @@ from .label_only import distill_labels
 from .memory import MomentMemory
 from .nonsurjective import distill_approximate, distill_deep_linear
 from .privacy import distill_private
+from .provenance import Provenance, installed_version
 
-__version__ = "0.1.0"
+__version__ = installed_version()
 
 __all__ = [
     "KRR",
     "DistilledSet",
     "KRRDistiller",
     "MomentMemory",
+    "Provenance",
     "data",
     "distill",
     "features",

@@ -35,11 +35,23 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ._closed_form import (
+    INITS,
+    build_set,
+    check_choice,
+    check_ipc,
+    check_reg_s,
+    class_interleaved_labels,
+    one_hot,
+    record,
+    refit_error,
+    resolve_map,
+    working_copy,
+)
 from ._solvers import pinv
-from ._validation import as_samples, as_targets, check_labels, image_shape_of, resolve_device, to_tensor
-from .distill import class_interleaved_labels, refit_error
+from ._validation import as_samples, as_targets, check_int, check_labels, check_real, resolve_device, to_tensor
 from .distilled_set import DistilledSet
-from .features import FeatureMap, Identity
+from .features import FeatureMap
 from .krr import KRR
 
 __all__ = ["KIP_PAPER_STEPS", "herding", "herding_indices", "kip", "kip_predict", "kip_reg", "random_subset"]
@@ -53,7 +65,6 @@ KIP_CACHE_ENTRIES = 2**27
 #: At most this many (step, loss) pairs are kept in a KIP set's provenance.
 KIP_HISTORY_POINTS = 200
 
-KIP_INITS = ("real", "noise")
 _CHUNK = 8192
 
 
@@ -65,15 +76,11 @@ class _Problem:
 
     def __init__(self, x: Any, y: Any, ipc: Any, feature_map: FeatureMap | None, teacher: KRR | None,
                  n_classes: int | None, device: str | torch.device | None) -> None:
-        if isinstance(ipc, bool) or not isinstance(ipc, (int, np.integer)) or ipc < 1:
-            raise ValueError(f"ipc must be an integer >= 1, got {ipc!r}")
-        if teacher is not None and not hasattr(teacher, "weights_"):
-            raise ValueError("teacher must be a fitted KRR: call teacher.fit(x, y) first")
-        self.ipc = int(ipc)
+        self.ipc = check_ipc(ipc)
         self.device = resolve_device(device)
         self.xs = as_samples(x)
         n, d = self.xs.shape
-        self.fmap = _resolve_feature_map(feature_map, teacher)
+        self.fmap = working_copy(resolve_map(feature_map, teacher), self.device)
         if teacher is not None:
             if d != teacher.n_features_in_:
                 raise ValueError(f"x has {d} features, the teacher was fitted on {teacher.n_features_in_}")
@@ -83,7 +90,6 @@ class _Problem:
         self.targets, self.k = as_targets(y, n, n_classes)
         self.classes = self.targets.argmax(dim=1)
         check_labels(self.classes, self.k)
-        self.fmap.to(self.device)
         self.fmap.check_input(torch.zeros(1, d, dtype=torch.float64, device=self.device))
         self.teacher = teacher
         self.members = []
@@ -94,7 +100,7 @@ class _Problem:
                     f"class {c} has {idx.numel()} point(s) but ipc={self.ipc} needs {self.ipc} per class"
                 )
             self.members.append(idx)
-        self.image_shape = image_shape_of(x)
+        self.inputs = x  # its shape gives the set's image shape
 
     @property
     def n(self) -> int:
@@ -116,65 +122,26 @@ class _Problem:
         picks = [idx[torch.randperm(idx.numel(), generator=gen)[: self.ipc]] for idx in self.members]
         return torch.stack(picks, dim=1).flatten()  # row-major over (ipc, k): class j mod k
 
-    def finish(self, method: str, points: torch.Tensor, targets: torch.Tensor, reg: float, start: float,
-               dataset: str | None, mean: Any, std: Any, extra: dict[str, Any]) -> DistilledSet:
+    def finish(self, method: str, points: torch.Tensor, targets: torch.Tensor, reg_s: float, start: float,
+               dataset: str | None, mean: Any, std: Any, *, seed: int | None = None, init: str | None = None,
+               extras: dict[str, Any]) -> DistilledSet:
         """Package a DistilledSet; measure the weight error against the teacher if there is one."""
         points = points.detach().to(torch.float64).cpu()
         targets = targets.detach().to(torch.float64).cpu()
-        labels = class_interleaved_labels(self.k, self.ipc)
         error = None
         if self.teacher is not None:
-            error = refit_error(self.fmap, points, targets, reg, self.teacher.weights_, device=self.device)
-        provenance = {
-            "method": method,
-            "dataset": dataset,
-            "n": self.n,
-            "ipc": self.ipc,
-            "teacher_reg": None if self.teacher is None else float(self.teacher.reg_),
-            **extra,
-            "recovery_error": error,
-            "seconds": time.perf_counter() - start,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "distillmem_version": _version(),
-        }
-        return DistilledSet(
-            x=points,
-            y=targets,
-            labels=labels,
-            feature_map_spec=self.fmap.spec(),
-            reg=float(reg),
-            image_shape=self.image_shape,
-            mean=mean,
-            std=std,
-            provenance=provenance,
+            error = refit_error(self.fmap, points, targets, reg_s, self.teacher.weights_, device=self.device)
+        provenance = record(
+            method, start, dataset=dataset, n=self.n, ipc=self.ipc, seed=seed, init=init,
+            teacher_reg=None if self.teacher is None else float(self.teacher.reg_), reg_s=float(reg_s),
+            recovery_error=error, extras=extras,
         )
-
-
-def _resolve_feature_map(feature_map: FeatureMap | None, teacher: KRR | None) -> FeatureMap:
-    if feature_map is not None and not isinstance(feature_map, FeatureMap):
-        raise TypeError(f"feature_map must be a distillmem FeatureMap, got {type(feature_map).__name__}")
-    if teacher is None:
-        return Identity() if feature_map is None else feature_map
-    teacher_map = teacher.feature_map_
-    if feature_map is not None and feature_map.spec() != teacher_map.spec():
-        raise ValueError(f"feature_map {feature_map!r} differs from the teacher's {teacher_map!r}")
-    return teacher_map
-
-
-def _check_reg(reg: Any) -> float:
-    if isinstance(reg, bool) or not isinstance(reg, (int, float, np.floating)) or not (np.isfinite(reg) and reg >= 0):
-        raise ValueError(f"reg must be a finite float >= 0, got {reg!r}")
-    return float(reg)
-
-
-def _check_seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an integer, got {seed!r}")
-    return int(seed)
+        labels = class_interleaved_labels(self.k, self.ipc)
+        return build_set(points, targets, labels, self.fmap, reg_s, provenance, like=self.inputs, mean=mean, std=std)
 
 
 def _one_hot(k: int, ipc: int) -> torch.Tensor:
-    return F.one_hot(class_interleaved_labels(k, ipc), k).to(torch.float64)
+    return one_hot(class_interleaved_labels(k, ipc), k)
 
 
 # ---------------------------------------------------------------------------
@@ -184,16 +151,16 @@ def random_subset(
     x: Any,
     y: Any,
     *,
-    ipc: int,
+    teacher: KRR | None = None,
     feature_map: FeatureMap | None = None,
-    reg: float = 0.0,
+    ipc: int = 10,
+    reg_s: float = 0.0,
     seed: int = 0,
     n_classes: int | None = None,
-    teacher: KRR | None = None,
+    device: str | torch.device | None = None,
     dataset: str | None = None,
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
-    device: str | torch.device | None = None,
 ) -> DistilledSet:
     """A uniform per-class sample of ``ipc`` real points with one-hot targets.
 
@@ -203,39 +170,41 @@ def random_subset(
         Real inputs (a numpy memmap is read only where needed).
     y : tensor or ndarray of shape (n,) or (n, k)
         Integer labels, or targets whose argmax is the class.
-    ipc : int
-        Points per class, >= 1; every class needs at least ``ipc`` points.
+    teacher : KRR, optional
+        A fitted model; when given, ``provenance.recovery_error`` is the
+        relative weight error ||W_S - W||_F / ||W||_F of KRR on the set.
+        No model is fitted when it is absent.
     feature_map : FeatureMap, optional
         phi recorded in the set; default the teacher's map, else ``Identity()``.
-    reg : float
+    ipc : int
+        Points per class, >= 1; every class needs at least ``ipc`` points.
+    reg_s : float
         lambda >= 0 to fit the KRR head on the set with.
     seed : int
         Seeds the draw.
     n_classes : int, optional
         k; default the teacher's, else max(y) + 1 with every class present.
-    teacher : KRR, optional
-        A fitted model; when given, ``provenance["recovery_error"]`` is the
-        relative weight error ||W_S - W||_F / ||W||_F of KRR on the set.
+    device : str or torch.device, optional
+        Where features are computed; the set comes back on the CPU.
     dataset, mean, std
         Recorded in the set (``mean``/``std`` to un-normalise images).
-    device : str or torch.device, optional
 
     Returns
     -------
     DistilledSet
         x (m, d) float64 rows of ``x``, y (m, k) one-hot, labels (m,) with
-        point j of class j mod k; ``provenance["indices"]`` are the rows of
-        ``x`` taken, in the set's order.
+        point j of class j mod k; ``provenance.extras["indices"]`` are the
+        rows of ``x`` taken, in the set's order.
     """
     start = time.perf_counter()
-    reg = _check_reg(reg)
-    seed = _check_seed(seed)
+    reg_s = check_reg_s(reg_s, allow_bound=False)
+    seed = check_int(seed, "seed")
     prob = _Problem(x, y, ipc, feature_map, teacher, n_classes, device)
     prob.check_finite()
     order = prob.sample_per_class(torch.Generator().manual_seed(seed))
     return prob.finish(
-        "random", prob.rows(order), _one_hot(prob.k, prob.ipc), reg, start, dataset, mean, std,
-        {"seed": seed, "indices": order.tolist()},
+        "random", prob.rows(order), _one_hot(prob.k, prob.ipc), reg_s, start, dataset, mean, std,
+        seed=seed, extras={"indices": order.tolist()},
     )
 
 
@@ -274,17 +243,17 @@ def herding(
     x: Any,
     y: Any,
     *,
-    ipc: int,
-    feature_map: FeatureMap | None = None,
-    reg: float = 0.0,
-    n_classes: int | None = None,
     teacher: KRR | None = None,
-    dataset: str | None = None,
-    mean: tuple[float, ...] | None = None,
-    std: tuple[float, ...] | None = None,
+    feature_map: FeatureMap | None = None,
+    ipc: int = 10,
+    reg_s: float = 0.0,
+    n_classes: int | None = None,
     chunk_size: int = _CHUNK,
     device: str | torch.device | None = None,
     progress: bool = False,
+    dataset: str | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
 ) -> DistilledSet:
     """Herding in the embedding phi: per class, ``ipc`` real points whose feature mean tracks the class mean.
 
@@ -296,7 +265,7 @@ def herding(
 
     Parameters
     ----------
-    x, y, ipc, feature_map, reg, n_classes, teacher, dataset, mean, std, device
+    x, y, teacher, feature_map, ipc, reg_s, n_classes, device, dataset, mean, std
         As for :func:`random_subset`.
     chunk_size : int
         Rows per feature chunk.
@@ -308,12 +277,11 @@ def herding(
     DistilledSet
         x (m, d) float64 rows of ``x`` in herding order within each class
         (slot i of class c is the (i+1)-th pick), y (m, k) one-hot, labels (m,)
-        of class j mod k; ``provenance["indices"]`` are the rows taken.
+        of class j mod k; ``provenance.extras["indices"]`` are the rows taken.
     """
     start = time.perf_counter()
-    reg = _check_reg(reg)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+    reg_s = check_reg_s(reg_s, allow_bound=False)
+    chunk_size = check_int(chunk_size, "chunk_size", minimum=1)
     prob = _Problem(x, y, ipc, feature_map, teacher, n_classes, device)
     picks = []
     with torch.no_grad():
@@ -326,8 +294,8 @@ def herding(
             picks.append(members[herding_indices(feats, prob.ipc)])
     order = torch.stack(picks, dim=1).flatten()
     return prob.finish(
-        "herding", prob.rows(order), _one_hot(prob.k, prob.ipc), reg, start, dataset, mean, std,
-        {"embedding": "feature_map", "indices": order.tolist()},
+        "herding", prob.rows(order), _one_hot(prob.k, prob.ipc), reg_s, start, dataset, mean, std,
+        extras={"indices": order.tolist()},
     )
 
 
@@ -380,26 +348,26 @@ def kip(
     x: Any,
     y: Any,
     *,
-    ipc: int,
+    teacher: KRR | None = None,
     feature_map: FeatureMap | None = None,
+    ipc: int = 10,
     steps: int = KIP_PAPER_STEPS,
     lr: float = 0.01,
     batch_size: int = 5000,
     learn_labels: bool = True,
-    seed: int = 0,
-    init: str = "real",
     reg_scale: float = KIP_REG_SCALE,
     dtype: torch.dtype = torch.float32,
     cache_features: bool | None = None,
+    init: str = "noise",
+    seed: int = 0,
     n_classes: int | None = None,
-    teacher: KRR | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = False,
     dataset: str | None = None,
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
-    device: str | torch.device | None = None,
-    progress: bool = True,
 ) -> DistilledSet:
-    """Kernel Inducing Points as Chen et al. (2024) ran it for their Table 4.
+    """Kernel Inducing Points in the variant Chen et al. (2024) ran for their Table 4 (with ``init="real"``).
 
     The support points X_S (m, d), m = k * ipc, are the parameters. Each step
     draws a batch of ``batch_size`` training points (all of them when
@@ -423,11 +391,13 @@ def kip(
         The target set (the paper: the whole training split).
     y : tensor or ndarray of shape (n,) or (n, k)
         Labels (made one-hot) or targets.
-    ipc : int
-        Support points per class, >= 1.
+    teacher : KRR, optional
+        As for :func:`random_subset`.
     feature_map : FeatureMap, optional
         phi; default the teacher's map, else ``Identity()``. Its forward must
         be differentiable in its input (true of the bundled maps).
+    ipc : int
+        Support points per class, >= 1.
     steps : int
         Adam steps, >= 0 (0 returns the initial points with their labels).
     lr : float
@@ -436,11 +406,6 @@ def kip(
         Targets per step.
     learn_labels : bool
         Re-solve the support labels in closed form at every step.
-    seed : int
-        Seeds the initial points and the batches.
-    init : {"real", "noise"}
-        Start from a uniform per-class sample of real points (the same one as
-        ``random_subset(..., seed=seed)``) or from N(0, 1) noise.
     reg_scale : float
         The 1e-6 of lambda_S.
     dtype : torch.float32 or torch.float64
@@ -450,7 +415,13 @@ def kip(
         recomputing the batch features each step; by default when n * p
         <= ``KIP_CACHE_ENTRIES``. The targets do not depend on X_S, so this
         changes the cost, not the result.
-    n_classes, teacher, dataset, mean, std, device
+    init : {"noise", "real"}
+        Start from N(0, 1) noise or from a uniform per-class sample of real
+        points (the same one as ``random_subset(..., seed=seed)``; the paper's
+        setting).
+    seed : int
+        Seeds the initial points and the batches.
+    n_classes, device, dataset, mean, std
         As for :func:`random_subset`.
     progress : bool
         Show a tqdm progress bar with the loss.
@@ -459,29 +430,23 @@ def kip(
     -------
     DistilledSet
         x (m, d) float64 learned points, y (m, k) learned labels, labels (m,)
-        of class j mod k, reg = lambda_S. ``provenance`` adds "steps", "lr",
-        "batch_size", "learn_labels", "init", "seed", "dtype",
-        "initial_loss", "final_loss" (the float64 loss of the returned set on
-        its label batch), "loss_history" ([step, loss] pairs of the training
-        loss before that step, at most ``KIP_HISTORY_POINTS``),
-        "setup_seconds", "step_seconds" (mean time per step) and the usual
-        "seconds" and "recovery_error".
+        of class j mod k, reg = lambda_S. ``provenance.extras`` holds "steps",
+        "lr", "batch_size", "learn_labels", "reg_scale", "dtype",
+        "cache_features", "init_indices", "initial_loss", "final_loss" (the
+        float64 loss of the returned set on its label batch), "loss_history"
+        ([step, loss] pairs of the training loss before that step, at most
+        ``KIP_HISTORY_POINTS``), "setup_seconds" and "step_seconds" (mean time
+        per step).
     """
     start = time.perf_counter()
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if not (isinstance(lr, (int, float, np.floating)) and np.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a finite float > 0, got {lr!r}")
-    if not (isinstance(reg_scale, (int, float, np.floating)) and np.isfinite(reg_scale) and reg_scale > 0):
-        raise ValueError(f"reg_scale must be a finite float > 0, got {reg_scale!r}")
+    steps = check_int(steps, "steps", minimum=0)
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
+    lr = check_real(lr, "lr", positive=True)
+    reg_scale = check_real(reg_scale, "reg_scale", positive=True)
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
-    if init not in KIP_INITS:
-        raise ValueError(f"init must be one of {KIP_INITS}, got {init!r}")
-    seed = _check_seed(seed)
-    steps, batch_size = int(steps), int(batch_size)
+    check_choice(init, "init", INITS)
+    seed = check_int(seed, "seed")
     prob = _Problem(x, y, ipc, feature_map, teacher, n_classes, device)
     fmap, dev, n, k = prob.fmap, prob.device, prob.n, prob.k
     d = prob.xs.shape[1]
@@ -504,7 +469,7 @@ def kip(
         support = torch.randn(prob.k * prob.ipc, d, generator=gen, dtype=torch.float64).to(device=dev, dtype=dtype)
     support.requires_grad_(True)
     fixed_y = None if learn_labels else _one_hot(k, prob.ipc).to(device=dev, dtype=dtype)
-    optimizer = torch.optim.Adam([support], lr=float(lr))
+    optimizer = torch.optim.Adam([support], lr=lr)
 
     def batch_index() -> torch.Tensor:
         if n <= batch_size:
@@ -551,15 +516,13 @@ def kip(
         pred, support_y, reg_t = kip_predict(f_s, f_b, t_b, None if learn_labels else _one_hot(k, prob.ipc).to(dev), reg_scale)
         reg = float(reg_t)
         final_loss = float(F.mse_loss(pred, t_b))
-    extra = {
-        "init": init,
+    extras = {
         "init_indices": None if init_index is None else init_index.tolist(),
-        "seed": seed,
         "steps": steps,
-        "lr": float(lr),
+        "lr": lr,
         "batch_size": batch_size,
         "learn_labels": bool(learn_labels),
-        "reg_scale": float(reg_scale),
+        "reg_scale": reg_scale,
         "dtype": str(dtype).replace("torch.", ""),
         "cache_features": bool(cache_features),
         "initial_loss": history[0][1] if history else None,
@@ -568,10 +531,4 @@ def kip(
         "setup_seconds": setup_seconds,
         "step_seconds": loop_seconds / steps if steps else None,
     }
-    return prob.finish("kip", points, support_y, reg, start, dataset, mean, std, extra)
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
+    return prob.finish("kip", points, support_y, reg, start, dataset, mean, std, seed=seed, init=init, extras=extras)

@@ -55,7 +55,7 @@ def _eval(args: argparse.Namespace) -> int:
     from .distilled_set import DistilledSet
 
     distilled = DistilledSet.load(args.file)
-    name = args.dataset or distilled.provenance.get("dataset")
+    name = args.dataset or distilled.provenance.dataset
     if name is None:
         raise ValueError(f"{args.file} does not record its dataset; pass --dataset")
     data = load_dataset(name, args.data)

@@ -1,110 +1,34 @@
-"""Closed-form distillation (Chen, Huang & Weng 2024, Theorems 4.1 / 5.1, Corollary 4.1.1).
+"""Closed-form distillation for surjective feature maps (Chen, Huang & Weng 2024, Theorems 4.1 / 5.1, Corollary 4.1.1).
 
-Samples are rows. With W (k, p) the KRR weights, T_S (m, k) the distilled
-targets and Y = T_S^T, every D (m, p) of the form
-
-    D = Y^+ W + (I - Y^+ Y) Z
-
-gives features Phi_S (m, p) with T_S^T phi_reg_s(Phi_S)^+ = W: Phi_S = pinv(D)^T
-for reg_s = 0, or the singular values of D mapped by the quadratic of
-Theorem 4.1 for reg_s > 0. A preimage of Phi_S under phi gives the points.
+The construction is in ``_closed_form`` (docs/theory.md §3-§6); this module
+gives it the estimator interface and the exact preimage of the map.
 """
 
 from __future__ import annotations
 
 import time
-import warnings
 from typing import Any
 
-import numpy as np
 import torch
 
-from ._solvers import pinv, rank_tol
-from ._validation import as_samples, as_targets, check_labels, image_shape_of, is_array, resolve_device, to_tensor
+from ._closed_form import (
+    INITS,
+    ROOTS,
+    build_set,
+    check_choice,
+    check_ipc,
+    check_reg_s,
+    record,
+    reference_points,
+    refit_error,
+    resolve_teacher,
+    target_features,
+    warn_if_inexact,
+)
+from ._validation import check_int, check_real, resolve_device
 from .distilled_set import DistilledSet
-from .features import FeatureMap, Identity
+from .features import FeatureMap
 from .krr import KRR
-
-INITS = ("noise", "real")
-ROOTS = ("plus", "minus")
-#: Above this relative weight error a distilled set is reported as inexact.
-RECOVERY_TOLERANCE = 1e-6
-
-
-def refit_error(
-    feature_map: FeatureMap, points: torch.Tensor, targets: torch.Tensor, reg: float, weights: torch.Tensor, **params: Any
-) -> float:
-    """||W_S - W||_F / ||W||_F for W_S of KRR(feature_map, reg, **params) refitted on points (m, d) and targets (m, k).
-
-    W (k, p) is the model the set should reproduce; recomputing phi on the
-    points exposes any preimage error.
-    """
-    student = KRR(feature_map, reg=reg, n_classes=weights.shape[0], **params).fit(points, targets)
-    weights = weights.cpu()
-    return float(torch.linalg.norm(student.weights_ - weights) / torch.linalg.norm(weights).clamp_min(1e-300))
-
-
-def warn_if_inexact(error: float, subject: str = "the distilled model differs from the original") -> None:
-    """Warn (at the caller's caller) when a refit error exceeds RECOVERY_TOLERANCE."""
-    if not error <= RECOVERY_TOLERANCE:
-        warnings.warn(f"{subject}: relative weight error {error:.3g} > {RECOVERY_TOLERANCE:g}", stacklevel=3)
-
-
-def class_interleaved_labels(n_classes: int, ipc: int) -> torch.Tensor:
-    """Labels (m,) with point j of class j mod k: [0, 1, ..., k-1, 0, 1, ...]."""
-    return torch.arange(n_classes * ipc) % n_classes
-
-
-def regularized_pinv(features: torch.Tensor, reg: float) -> torch.Tensor:
-    """phi_reg(X)^+ of shape (m, p) for features (m, p): (K + reg I)^-1 Phi, or pinv(Phi^T) at reg = 0."""
-    if reg == 0:
-        return pinv(features.T)
-    kernel = features @ features.T
-    kernel.diagonal().add_(reg)
-    return torch.linalg.solve(kernel, features)
-
-
-def features_from_d(d: torch.Tensor, reg_s: float | str, root: str) -> tuple[torch.Tensor, float]:
-    """Phi_S (m, p) whose regularised pseudo-inverse is D (m, p), and the reg_s used.
-
-    ``reg_s="bound"`` takes the largest admissible value 1 / (4 sigma'_1^2).
-    """
-    if reg_s == 0:
-        return pinv(d).T, 0.0
-    v, s_prime, u_t = torch.linalg.svd(d, full_matrices=False)
-    bound = 1.0 / (4.0 * float(s_prime[0]) ** 2)
-    reg = bound if reg_s == "bound" else float(reg_s)
-    if reg > bound * (1 + 1e-12):
-        raise ValueError(
-            f"reg_s={reg:.6g} exceeds the admissible bound 1/(4 sigma'_1^2) = {bound:.6g} for this D; "
-            'use reg_s <= the bound or reg_s="bound"'
-        )
-    keep = s_prime > rank_tol(d, float(s_prime[0]))
-    disc = (1.0 - 4.0 * reg * s_prime[keep] ** 2).clamp_min(0).sqrt()
-    sign = 1.0 if root == "plus" else -1.0
-    sigma = torch.zeros_like(s_prime)
-    sigma[keep] = (1.0 + sign * disc) / (2.0 * s_prime[keep])
-    return (v * sigma) @ u_t, reg
-
-
-def reference_points(x: Any, y: Any, ipc: int, teacher: KRR, gen: torch.Generator, device: torch.device) -> torch.Tensor:
-    """ipc real points per class, interleaved like the labels: (m, d)."""
-    xs = as_samples(x)
-    if xs.shape[1] != teacher.n_features_in_:
-        raise ValueError(f"x has {xs.shape[1]} features, the teacher was fitted on {teacher.n_features_in_}")
-    k = teacher.n_classes_
-    targets, _ = as_targets(y, xs.shape[0], k)
-    classes = targets.argmax(dim=1)
-    check_labels(classes, k)
-    picks = []
-    for c in range(k):
-        members = (classes == c).nonzero().flatten()
-        if members.numel() < ipc:
-            raise ValueError(f'init="real" needs {ipc} points of class {c}, the data has {members.numel()}')
-        picks.append(members[torch.randperm(members.numel(), generator=gen)[:ipc]])
-    order = torch.stack(picks, dim=1).flatten()  # row-major over (ipc, k): class j mod k
-    index = order.numpy() if isinstance(xs, np.ndarray) else order
-    return to_tensor(xs[index], device).to(torch.float64)
 
 
 class KRRDistiller:
@@ -114,11 +38,12 @@ class KRRDistiller:
     ----------
     feature_map : FeatureMap, optional
         A surjective phi (Identity, RandomFCNN with non-increasing widths,
-        RandomFourier with p <= d); default Identity.
+        RandomFourier with p <= d, RandomConv, a full-rank RandomLinear);
+        default the teacher's map, else Identity.
     ipc : int
         Images per class; m = k * ipc points (m may exceed n).
     reg : float or "auto"
-        lambda of the original KRR model (ignored when a teacher is given).
+        lambda of the original KRR model (only used to fit one when no teacher is given).
     reg_s : float or "bound"
         lambda_S of the distilled model; "bound" takes 1 / (4 sigma'_1^2).
     root : {"plus", "minus"}
@@ -137,8 +62,9 @@ class KRRDistiller:
     Attributes
     ----------
     distilled_ : DistilledSet
+        Provenance ``method="closed_form"``.
     teacher_ : KRR
-        The original model.
+        The original model (the one passed to ``fit``, or the one fitted there).
     recovery_error_ : float
         ||W_S - W||_F / ||W||_F after recomputing phi on the recovered points.
     """
@@ -176,7 +102,7 @@ class KRRDistiller:
 
     def fit(
         self,
-        x: Any,
+        x: Any = None,
         y: Any = None,
         *,
         teacher: KRR | None = None,
@@ -192,125 +118,55 @@ class KRRDistiller:
         ``dataset``, ``mean`` and ``std`` are recorded in the DistilledSet.
         """
         start = time.perf_counter()
-        self._check_params()
+        ipc, seed, reg_s = self._check_params()
         device = resolve_device(self.device)
-        if teacher is not None and not hasattr(teacher, "weights_"):
-            raise ValueError("teacher must be a fitted KRR: call teacher.fit(x, y) first")
-        fmap = self._resolve_feature_map(teacher)
+        teacher, fmap = resolve_teacher(
+            x, y, teacher=teacher, feature_map=self.feature_map, device=device, eval_set=eval_set,
+            reg=self.reg, seed=seed, n_classes=self.n_classes, chunk_size=self.chunk_size, progress=self.progress,
+        )
         if not fmap.surjective:
             raise ValueError(
                 f"feature map {fmap!r} is not surjective (its output is wider than its input somewhere), "
-                "so exact distillation has no preimage; use a map with p <= d"
+                "so exact distillation has no preimage; use a map with p <= d, or distill_deep_linear / "
+                "distill_approximate"
             )
-        if teacher is None:
-            if x is None:
-                raise ValueError("x (and y, unless x is an iterable of (x, y) batches) is required unless a fitted teacher is given")
-            teacher = KRR(
-                fmap, self.reg, seed=self.seed, n_classes=self.n_classes, chunk_size=self.chunk_size,
-                device=self.device, progress=self.progress,
-            ).fit(x, y, eval_set=eval_set)
-        weights = teacher.weights_.to(device)
-        k = weights.shape[0]
-        gen = torch.Generator().manual_seed(self.seed)
-        ipc = int(self.ipc)
-        labels = class_interleaved_labels(k, ipc)
-        targets = torch.nn.functional.one_hot(labels, k).to(torch.float64).to(device)
-        soft_used = False
-        if self.init == "real":
-            if not (is_array(x) and is_array(y)):
-                raise ValueError('init="real" needs the real data x and y as arrays')
-            reference = reference_points(x, y, ipc, teacher, gen, device)
-            ref_inverse = regularized_pinv(
-                fmap(reference).to(torch.float64), 0.0 if self.reg_s == "bound" else float(self.reg_s)
-            )
-            if self.soft_labels:
-                soft = pinv(ref_inverse).T @ weights.T
-                if int(torch.linalg.matrix_rank(soft)) == k:
-                    targets, soft_used = soft, True
-
-        # D = Y^+ W + (I - P) Z with Y = T_S^T and P = Y^+ Y (Theorem 4.1).
-        y_pinv = pinv(targets.T)
-        particular = y_pinv @ weights
-        if self.init == "real":
-            free = ref_inverse
-        else:
-            scale = self.noise_scale * float(particular.std()) if particular.numel() > 1 else self.noise_scale
-            free = scale * torch.randn(particular.shape, generator=gen, dtype=torch.float64).to(device)
-        free = free - y_pinv @ (targets.T @ free)
-        features, reg_s = features_from_d(particular + free, self.reg_s, self.root)
-
-        # Bring the features into the range of phi; targets / s and reg_s / s^2 keep W (theory 11.2).
-        range_scale = fmap.range_scale(features)
-        features = features / range_scale
-        targets = targets / range_scale
-        reg_fit = reg_s / range_scale**2
-        points = fmap.preimage(features)
-
-        error = refit_error(fmap, points, targets, reg_fit, teacher.weights_, chunk_size=self.chunk_size, device=self.device)
+        gen = torch.Generator().manual_seed(seed)
+        reference = reference_points(x, y, ipc, teacher, gen, device) if self.init == "real" else None
+        solved = target_features(
+            fmap, teacher.weights_.to(device), ipc, gen=gen, init=self.init, reference=reference, reg_s=reg_s,
+            root=self.root, soft_labels=self.soft_labels, noise_scale=self.noise_scale,
+        )
+        points = fmap.preimage(solved.features)
+        error = refit_error(
+            fmap, points, solved.targets, solved.reg, teacher.weights_, chunk_size=self.chunk_size, device=device
+        )
         warn_if_inexact(error)
-        image_shape = image_shape_of(x)
+        provenance = record(
+            "closed_form", start, dataset=dataset, n=teacher.n_samples_, ipc=ipc, seed=seed, init=self.init,
+            teacher_reg=teacher.reg_, reg_s=solved.reg_s, range_scale=solved.range_scale, recovery_error=error,
+            extras={"root": self.root, "soft_labels": solved.soft_labels},
+        )
         self.teacher_ = teacher
         self.recovery_error_ = error
-        self.distilled_ = DistilledSet(
-            x=points.cpu(),
-            y=targets.cpu(),
-            labels=labels,
-            feature_map_spec=fmap.spec(),
-            reg=reg_fit,
-            image_shape=image_shape,
-            mean=mean,
-            std=std,
-            provenance={
-                "dataset": dataset,
-                "n": teacher.n_samples_,
-                "ipc": ipc,
-                "init": self.init,
-                "soft_labels": soft_used,
-                "seed": int(self.seed),
-                "teacher_reg": teacher.reg_,
-                "reg_s": reg_s,
-                "root": self.root,
-                "range_scale": range_scale,
-                "recovery_error": error,
-                "seconds": time.perf_counter() - start,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "distillmem_version": _version(),
-            },
+        self.distilled_ = build_set(
+            points, solved.targets, solved.labels, fmap, solved.reg, provenance, like=x, mean=mean, std=std
         )
         return self
 
-    def _resolve_feature_map(self, teacher: KRR | None) -> FeatureMap:
-        if teacher is None:
-            return Identity() if self.feature_map is None else self.feature_map
-        teacher_map = teacher.feature_map_
-        if self.feature_map is not None and self.feature_map.spec() != teacher_map.spec():
-            raise ValueError(f"feature_map {self.feature_map!r} differs from the teacher's {teacher_map!r}")
-        return teacher_map
-
-    def _check_params(self) -> None:
-        if not (isinstance(self.ipc, (int, np.integer)) and self.ipc >= 1):
-            raise ValueError(f"ipc must be an integer >= 1, got {self.ipc!r}")
-        if self.init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
-        if self.root not in ROOTS:
-            raise ValueError(f"root must be one of {ROOTS}, got {self.root!r}")
-        if isinstance(self.reg_s, str):
-            if self.reg_s != "bound":
-                raise ValueError(f'reg_s must be a float >= 0 or "bound", got {self.reg_s!r}')
-        elif not (np.isfinite(self.reg_s) and self.reg_s >= 0):
-            raise ValueError(f'reg_s must be a float >= 0 or "bound", got {self.reg_s!r}')
-        if not isinstance(self.seed, (int, np.integer)):
-            raise TypeError(f"seed must be an integer, got {self.seed!r}")
-        if not self.noise_scale > 0:
-            raise ValueError(f"noise_scale must be > 0, got {self.noise_scale!r}")
+    def _check_params(self) -> tuple[int, int, float | str]:
+        ipc = check_ipc(self.ipc)
+        check_choice(self.init, "init", INITS)
+        check_choice(self.root, "root", ROOTS)
+        reg_s = check_reg_s(self.reg_s)
+        seed = check_int(self.seed, "seed")
+        check_real(self.noise_scale, "noise_scale", positive=True)
+        return ipc, seed, reg_s
 
 
 def distill(
-    x: Any,
+    x: Any = None,
     y: Any = None,
     *,
-    ipc: int = 10,
-    feature_map: FeatureMap | None = None,
     teacher: KRR | None = None,
     eval_set: tuple[Any, Any] | None = None,
     dataset: str | None = None,
@@ -318,12 +174,11 @@ def distill(
     std: tuple[float, ...] | None = None,
     **params: Any,
 ) -> DistilledSet:
-    """One-shot distillation: ``KRRDistiller(feature_map, ipc=ipc, **params).fit(x, y, ...).distilled_``."""
-    distiller = KRRDistiller(feature_map, ipc=ipc, **params)
+    """One-shot distillation: ``KRRDistiller(**params).fit(x, y, teacher=teacher, ...).distilled_``.
+
+    ``params`` are KRRDistiller's: feature_map, ipc (10), reg, reg_s, root,
+    init ("noise"), soft_labels, noise_scale, seed (0), n_classes,
+    chunk_size, device (None) and progress (False).
+    """
+    distiller = KRRDistiller(**params)
     return distiller.fit(x, y, teacher=teacher, eval_set=eval_set, dataset=dataset, mean=mean, std=std).distilled_
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__

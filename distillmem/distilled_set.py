@@ -21,6 +21,7 @@ from ._io import atomic_write_bytes
 from ._validation import check_int, check_real
 from .data import unnormalize
 from .features import FeatureMap, from_spec
+from .provenance import Provenance
 from .features.base import feature_map_names
 
 FORMAT = "distillmem.DistilledSet"
@@ -54,8 +55,9 @@ class DistilledSet:
         (C, H, W) to view ``x`` as images.
     mean, std : tuple of float, optional
         Per-channel normalisation of the inputs, to un-normalise images.
-    provenance : dict
-        Where the set came from: dataset, n, seed, init, time, recovery error, ...
+    provenance : Provenance
+        How the set was made: method, dataset, n, seed, weight error, version, ...
+        (``method="manual"`` when not given).
     """
 
     x: torch.Tensor
@@ -66,7 +68,7 @@ class DistilledSet:
     image_shape: tuple[int, ...] | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    provenance: dict[str, Any] = field(default_factory=dict)
+    provenance: Provenance = field(default_factory=lambda: Provenance(method="manual"))
 
     def __post_init__(self) -> None:
         # Per-channel statistics may come as a scalar, an array or a sequence; keep plain floats.
@@ -101,6 +103,8 @@ class DistilledSet:
                 raise ValueError(f"image_shape {self.image_shape} does not match {self.x.shape[1]} features")
         self._check_statistics()
         self.reg = check_real(self.reg, "reg", minimum=0.0)
+        if not isinstance(self.provenance, Provenance):
+            raise TypeError(f"provenance must be a distillmem Provenance, got {type(self.provenance).__name__}")
 
     def _check_statistics(self) -> None:
         """mean and std: finite, std > 0, one value per channel (or a divisor of d without image_shape)."""
@@ -128,7 +132,7 @@ class DistilledSet:
     @property
     def recovery_error(self) -> float | None:
         """||W_S - W|| / ||W|| measured when the set was made."""
-        return self.provenance.get("recovery_error")
+        return self.provenance.recovery_error
 
     def feature_map(self) -> FeatureMap:
         """A fresh copy of phi, rebuilt from its spec."""
@@ -168,7 +172,7 @@ class DistilledSet:
             "image_shape": self.image_shape,
             "mean": self.mean,
             "std": self.std,
-            "provenance": self.provenance,
+            "provenance": self.provenance.to_dict(),
         }
         meta_json = json.dumps(meta)
         header = {"format": FORMAT, "format_version": FORMAT_VERSION, "meta": meta_json, "sha256": _digest(tensors, meta_json)}
@@ -206,7 +210,7 @@ class DistilledSet:
                 _numbers(meta, "image_shape"),
                 _numbers(meta, "mean"),
                 _numbers(meta, "std"),
-                meta["provenance"],
+                Provenance.from_dict(meta["provenance"]),
             )
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{path} is not a valid DistilledSet: {exc}") from None

@@ -15,20 +15,20 @@ shards is a memory of their union. At most p points are ever needed; a budget
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
+from ._closed_form import refit_error, warn_if_inexact
 from ._solvers import Spectral, rank_tol
 from ._stats import iter_array_chunks, iter_batches
 from ._validation import as_samples, as_targets, is_array, resolve_device, to_tensor
-from .distill import refit_error, warn_if_inexact
 from .distilled_set import DistilledSet
 from .features import FeatureMap
 from .krr import KRR
+from .provenance import Provenance
 
 SHRINKS = ("truncate", "frequent-directions")
 
@@ -197,15 +197,15 @@ class MomentMemory:
         """The memory of a DistilledSet's points: their G and R, hence their KRR model at every lambda.
 
         A set from ``distill`` (exact at its own reg) or ``to_distilled_set``
-        stores features and targets divided by a range scale s (provenance
-        ``"range_scale"``, 1 for Identity and FCNN maps) and reg divided by
+        stores features and targets divided by a range scale s (``provenance.range_scale``,
+        1 for Identity and FCNN maps) and reg divided by
         s^2; the memory undoes that, so ``fit_krr(distilled.reg * s**2)``
         gives the set's model. ``params`` are the constructor's keywords.
         """
         if not isinstance(distilled, DistilledSet):
             raise TypeError(f"distilled must be a DistilledSet, got {type(distilled).__name__}")
         fmap = distilled.feature_map()
-        scale = float(distilled.provenance.get("range_scale", 1.0))
+        scale = distilled.provenance.range_scale
         device = resolve_device(params.get("device"))
         x = to_tensor(distilled.x, device, name="distilled.x").to(torch.float64)
         fmap.to(device).check_input(x)
@@ -300,7 +300,7 @@ class MomentMemory:
         Maps with a bounded range (RFF) get features and targets divided by
         s = ``range_scale`` and ``reg / s**2`` stored as the set's reg; any
         other lambda' is reached by fitting the set with ``lambda' / s**2``
-        (s is in ``provenance["range_scale"]``).
+        (s is in ``provenance.range_scale``).
 
         ``align_to`` : real inputs (m', d) with m' >= n_points. The points are
         rotated (any Q with Q^T Q = I keeps G and R) by orthogonal Procrustes
@@ -345,18 +345,11 @@ class MomentMemory:
             image_shape=image_shape,
             mean=mean,
             std=std,
-            provenance={
-                "kind": "moment-memory",
-                "n": self.n_seen_,
-                "memory_points": self.n_points,
-                "memory_reg": reg,
-                "max_points": self.max_points,
-                "shrink": self.shrink,
-                "aligned": align_to is not None,
-                "range_scale": scale,
-                "recovery_error": error,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            },
+            provenance=Provenance(
+                method="moments", n=self.n_seen_, teacher_reg=reg, reg_s=reg, range_scale=scale, recovery_error=error,
+                extras={"memory_points": self.n_points, "max_points": self.max_points, "shrink": self.shrink,
+                        "aligned": align_to is not None},
+            ),
         )
 
     # -- internals --------------------------------------------------------------

@@ -8,7 +8,7 @@ one-hot targets T_S (m, k), Y = T_S^T, P = Y^+ Y. The distilled set is
     X_S = pinv(D)^T                                         (m, d)
 
 so KRR at lambda_S = 0 on (X_S, T_S) gives Y D = W exactly, whatever Z is:
-the noise only changes the points, never the model. See :func:`distill_private`
+the noise only changes the points, never the model (docs/theory.md §8). See :func:`distill_private`
 for the assumptions and for what the guarantee does and does not cover.
 """
 
@@ -21,9 +21,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._closed_form import (
+    build_set,
+    check_ipc,
+    class_interleaved_labels,
+    one_hot,
+    record,
+    refit_error,
+    target_features,
+    warn_if_inexact,
+)
 from ._solvers import pinv, rank_tol
-from ._validation import as_samples, as_targets, image_shape_of, to_tensor
-from .distill import _version, class_interleaved_labels, features_from_d, refit_error, warn_if_inexact
+from ._validation import as_samples, as_targets, check_int, check_real, resolve_device, to_tensor
 from .distilled_set import DistilledSet
 from .features import Identity
 
@@ -66,7 +75,7 @@ def gaussian_noise_scale(
 ) -> float:
     """sigma = max_i 2 sqrt(2) sqrt(ln(1.25/delta)) B ||[Y_S^+]_i Y|| / (sigma_0^2 epsilon ||[I - P]_i||).
 
-    Theorem 6.2 with the constant 2 sqrt(2) (theory.md section 8): row i of
+    Theorem 6.2 with the constant 2 sqrt(2) (docs/theory.md §8): row i of
     Y_S^+ W has sensitivity ||[Y_S^+]_i Y|| * 2B / sigma_0^2 when one row of X
     changes, and the noise on row i of D has standard deviation
     sigma ||[I - P]_i||. Raises ValueError when a row that carries signal gets
@@ -101,13 +110,14 @@ def distill_private(
     x: Any,
     y: Any,
     *,
-    ipc: int,
+    ipc: int = 10,
     epsilon: float,
     delta: float,
     norm_bound: float,
+    sigma_0: float | None = None,
     seed: int = 0,
     n_classes: int | None = None,
-    sigma_0: float | None = None,
+    device: str | torch.device | None = None,
     dataset: str | None = None,
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
@@ -127,7 +137,7 @@ def distill_private(
        (:func:`gaussian_noise_scale`). The paper prints the constant 2; this
        uses the larger 2 sqrt(2) of the textbook Gaussian mechanism
        (sigma >= sqrt(2 ln(1.25/delta)) Delta / epsilon with Delta = 2B ||.|| / sigma_0^2),
-       as theory.md section 8 advises;
+       as docs/theory.md §8 explains;
     5. D = Y_S^+ W + (I - P) Z and X_S = pinv(D)^T with balanced, interleaved
        one-hot targets (ipc per class).
 
@@ -166,46 +176,49 @@ def distill_private(
     x : (n, d) or (n, C, H, W) tensor or array
     y : (n,) integer labels or (n, k) targets
     ipc : int
-        Points per class, >= 2.
+        Points per class, >= 2 (default 10).
     epsilon, delta : float
         Privacy parameters, both in (0, 1).
     norm_bound : float
         B > 0, the clipping bound on row norms.
+    sigma_0 : float, optional
+        A public lower bound 0 < sigma_0 < sigma_min(clipped X).
     seed : int
         Seeds Z.
     n_classes : int, optional
         k for integer labels.
-    sigma_0 : float, optional
-        A public lower bound 0 < sigma_0 < sigma_min(clipped X).
+    device : str or torch.device, optional
+        Where the factorisations run; the set comes back on the CPU.
     dataset, mean, std
         Recorded in the DistilledSet.
+
+    There is no ``teacher``: the mechanism fits its own W on the clipped
+    data, which is what the guarantee is about.
 
     Returns
     -------
     DistilledSet
-        Identity map, reg = 0, provenance with ``method="dp-gaussian"``,
-        ``epsilon``, ``delta``, ``norm_bound``, ``sigma``, ``sigma_0``,
-        ``sigma_0_source`` ("data" or "user"), ``noise_constant`` and
-        ``recovery_error``.
+        Identity map, reg = 0, provenance ``method="private"`` with
+        ``extras`` ``epsilon``, ``delta``, ``norm_bound``, ``sigma`` (the
+        standard deviation of Z actually drawn), ``sigma_0``,
+        ``sigma_0_source`` ("data" or "user") and ``noise_constant``.
     """
     start = time.perf_counter()
     _check_privacy_params(epsilon, delta, norm_bound)
-    if isinstance(ipc, bool) or not (isinstance(ipc, (int, np.integer)) and ipc >= 1):
-        raise ValueError(f"ipc must be an integer >= 2, got {ipc!r}")
+    ipc = check_ipc(ipc)
     if ipc == 1:
         raise ValueError(
             "ipc=1 cannot be private: with one point per class I - Y_S^+ Y_S = 0, so the noise Z never "
             "enters D and the points are W's pseudo-inverse itself; use ipc >= 2"
         )
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-        raise TypeError(f"seed must be an integer, got {seed!r}")
-    ipc = int(ipc)
+    seed = check_int(seed, "seed")
+    device = resolve_device(device)
     xs = as_samples(x)
     targets, k = as_targets(y, xs.shape[0], n_classes)
-    data = to_tensor(xs, torch.device("cpu")).to(torch.float64)
+    data = to_tensor(xs, device).to(torch.float64)
     clipped, _ = clip_rows(data, float(norm_bound))
 
-    singular, weights = _spectrum_and_lstsq(clipped, targets)
+    singular, weights = _spectrum_and_lstsq(clipped, targets.to(device))
     sigma_min = float(singular[-1])
     if not sigma_min > rank_tol(clipped, float(singular[0])):
         raise ValueError(
@@ -216,55 +229,33 @@ def distill_private(
     if sigma_0 is None:
         sigma_0_used, source = SIGMA_0_FRACTION * sigma_min, "data"
     else:
-        if not (np.isfinite(sigma_0) and 0 < sigma_0 < sigma_min):
+        sigma_0_used, source = check_real(sigma_0, "sigma_0"), "user"
+        if not 0 < sigma_0_used < sigma_min:
             raise ValueError(f"sigma_0 must satisfy 0 < sigma_0 < sigma_min(X) = {sigma_min:.6g}, got {sigma_0!r}")
-        sigma_0_used, source = float(sigma_0), "user"
 
-    labels = class_interleaved_labels(k, ipc)
-    targets_s = torch.nn.functional.one_hot(labels, k).to(torch.float64)
+    targets_s = one_hot(class_interleaved_labels(k, ipc), k)
     sigma = gaussian_noise_scale(
         targets_s, targets, epsilon=epsilon, delta=delta, norm_bound=float(norm_bound), sigma_0=sigma_0_used
     )
-
-    y_pinv = pinv(targets_s.T)  # (m, k)
-    gen = torch.Generator().manual_seed(int(seed))
-    noise = sigma * torch.randn(targets_s.shape[0], weights.shape[1], generator=gen, dtype=torch.float64)
-    d_mat = y_pinv @ weights + noise - y_pinv @ (targets_s.T @ noise)
-    points, _ = features_from_d(d_mat, 0.0, "plus")
-
-    error = refit_error(Identity(), points, targets_s, 0.0, weights, solver="svd")
+    # Identity map: D's pseudo-inverse rows are the points themselves.
+    solved = target_features(Identity(), weights, ipc, gen=torch.Generator().manual_seed(seed), noise_std=sigma)
+    error = refit_error(Identity(), solved.features, solved.targets, 0.0, weights, solver="svd", device=device)
     warn_if_inexact(error)
-    image_shape = image_shape_of(x)
-    return DistilledSet(
-        x=points,
-        y=targets_s,
-        labels=labels,
-        feature_map_spec=Identity().spec(),
-        reg=0.0,
-        image_shape=image_shape,
-        mean=mean,
-        std=std,
-        provenance={
-            "method": "dp-gaussian",
-            "dataset": dataset,
-            "n": int(clipped.shape[0]),
-            "ipc": ipc,
-            "seed": int(seed),
-            "teacher_reg": 0.0,
-            "reg_s": 0.0,
+    provenance = record(
+        "private", start, dataset=dataset, n=int(clipped.shape[0]), ipc=ipc, seed=seed, init="noise",
+        teacher_reg=0.0, reg_s=0.0, recovery_error=error,
+        extras={
             "epsilon": float(epsilon),
             "delta": float(delta),
             "norm_bound": float(norm_bound),
             "sigma": sigma,
             "sigma_0": sigma_0_used,
             "sigma_0_source": source,
-            "noise_constant": "2*sqrt(2)",
-            "guarantee": "each row of D = pinv(X_S) alone is (epsilon, delta)-DP; no composition over rows; W is released exactly",
-            "recovery_error": error,
-            "seconds": time.perf_counter() - start,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "distillmem_version": _version(),
+            "noise_constant": NOISE_CONSTANT,
         },
+    )
+    return build_set(
+        solved.features, solved.targets, solved.labels, Identity(), 0.0, provenance, like=x, mean=mean, std=std
     )
 
 

@@ -61,7 +61,7 @@ def run_baseline(method: str, root: Path, ipc: int, seed: int, teacher: KRR, ste
     elif method == "herding":
         s = herding(x, y, **common)
     else:
-        s = kip(x, y, steps=steps, seed=seed, progress=True, **common)
+        s = kip(x, y, steps=steps, init="real", seed=seed, progress=True, **common)
     accuracy = _accuracy(s, data.x_test, data.y_test)
     row = {
         "method": method,
@@ -69,7 +69,7 @@ def run_baseline(method: str, root: Path, ipc: int, seed: int, teacher: KRR, ste
         "seed": seed,
         "test_accuracy": accuracy,
         "seconds": time.perf_counter() - start,
-        "method_seconds": s.provenance["seconds"],
+        "method_seconds": s.provenance.seconds,
         "reg": s.reg,
         "recovery_error": s.recovery_error,
     }
@@ -81,9 +81,9 @@ def run_baseline(method: str, root: Path, ipc: int, seed: int, teacher: KRR, ste
         row["tuned_reg"] = tuned.reg_
         row["tuned_test_accuracy"] = tuned.score(data.x_test, data.y_test)
     if method == "KIP":
-        keys = ("steps", "lr", "batch_size", "learn_labels", "dtype", "init", "cache_features",
+        keys = ("steps", "lr", "batch_size", "learn_labels", "dtype", "cache_features",
                 "initial_loss", "final_loss", "setup_seconds", "step_seconds")
-        row.update({k: s.provenance[k] for k in keys})
+        row.update({"init": s.provenance.init, **{k: s.provenance.extras[k] for k in keys}})
         fixed = row["seconds"] - steps * row["step_seconds"]
         row["fixed_seconds"] = fixed
         row["extrapolated_paper_seconds"] = fixed + KIP_PAPER_STEPS * row["step_seconds"]

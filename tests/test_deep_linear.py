@@ -67,7 +67,7 @@ def test_spec_round_trip_and_saved_set(tmp_path):
     assert not torch.equal(RandomLinear(6, widths=(12, 15), seed=10).composed, fmap.composed)
 
     teacher = _expanding_teacher(1e-3)
-    loaded = DistilledSet.load(distill_deep_linear(teacher).save(tmp_path / "linear.dm"))
+    loaded = DistilledSet.load(distill_deep_linear(teacher=teacher, ipc=1).save(tmp_path / "linear.dm"))
     assert loaded.feature_map().spec() == teacher.feature_map_.spec()
     assert _rel(loaded.fit_krr().weights_, teacher.weights_) < 1e-9
 
@@ -77,9 +77,9 @@ def test_expanding_map_is_recovered_exactly_with_k_points(reg):
     teacher = _expanding_teacher(reg)
     fmap = teacher.feature_map_
     assert not fmap.surjective and fmap.rank == 6
-    distilled = distill_deep_linear(teacher)
+    distilled = distill_deep_linear(teacher=teacher, ipc=1)
     assert len(distilled) == 3 and distilled.reg == 0.0  # m = k
-    assert distilled.provenance["range_residual"] < 1e-10
+    assert distilled.provenance.extras["range_residual"] < 1e-10
     assert distilled.recovery_error < 1e-9
     # Independent check: min-norm least squares on phi(X_S) with one-hot targets.
     refit = (torch.linalg.pinv(fmap(distilled.x)) @ distilled.y).T
@@ -91,7 +91,7 @@ def test_expanding_map_is_recovered_exactly_with_k_points(reg):
 
 def test_more_points_per_class_are_distinct_and_exact():
     teacher = _expanding_teacher(1e-3)
-    distilled = distill_deep_linear(teacher, ipc=3, seed=1)
+    distilled = distill_deep_linear(teacher=teacher, ipc=3, seed=1)
     assert len(distilled) == 9
     assert torch.cdist(distilled.x, distilled.x).add(torch.eye(9, dtype=torch.float64)).min() > 1e-6
     assert distilled.recovery_error < 1e-9
@@ -101,7 +101,7 @@ def test_range_condition_failure_raises():
     teacher = copy.deepcopy(_expanding_teacher(1e-3))
     teacher.weights_ = torch.randn(3, 15, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     with pytest.raises(ValueError, match=r"range condition Range\(W\^T\)"):
-        distill_deep_linear(teacher)
+        distill_deep_linear(teacher=teacher)
 
 
 def test_surjective_linear_map_works_with_the_engine_and_the_k_point_route(make_problem):
@@ -109,7 +109,7 @@ def test_surjective_linear_map_works_with_the_engine_and_the_k_point_route(make_
     fmap = RandomLinear(20, widths=(16, 10), seed=5)
     teacher = KRR(fmap, reg=1e-2).fit(x, y)
     assert distill(x, y, ipc=2, teacher=teacher).recovery_error < 1e-9
-    assert distill_deep_linear(teacher, ipc=2).recovery_error < 1e-9
+    assert distill_deep_linear(teacher=teacher, ipc=2).recovery_error < 1e-9
 
 
 def test_bad_arguments():
@@ -119,9 +119,9 @@ def test_bad_arguments():
         RandomLinear(4, widths=())
     teacher = _expanding_teacher(1e-3)
     with pytest.raises(ValueError, match="ipc"):
-        distill_deep_linear(teacher, ipc=0)
+        distill_deep_linear(teacher=teacher, ipc=0)
     with pytest.raises(ValueError, match="fitted"):
-        distill_deep_linear(KRR(RandomLinear(6), reg=1.0))
+        distill_deep_linear(teacher=KRR(RandomLinear(6), reg=1.0))
     x, y = _problem(n=50, d=6, k=3)
     with pytest.raises(ValueError, match="RandomLinear"):
-        distill_deep_linear(KRR(Identity(), reg=1.0).fit(x, y))
+        distill_deep_linear(teacher=KRR(Identity(), reg=1.0).fit(x, y))

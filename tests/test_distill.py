@@ -61,7 +61,7 @@ def run(map_name: str, init: str, ipc: int, n: int, mode: str) -> KRRDistiller:
     x, y = _problem(n=n)
     reg_s, root = REG_S[mode]
     if mode == "below":
-        reg_s = 0.5 * run(map_name, init, ipc, n, "bound-plus").distilled_.provenance["reg_s"]
+        reg_s = 0.5 * run(map_name, init, ipc, n, "bound-plus").distilled_.provenance.reg_s
     return KRRDistiller(MAPS[map_name](), ipc=ipc, reg=TEACHER_REG, reg_s=reg_s, root=root, init=init, seed=0).fit(
         x, y
     )
@@ -121,7 +121,7 @@ def test_recovered_student_predicts_like_teacher(map_name):
 def test_recovery_error_attribute_matches_the_set():
     distiller = run("fcnn-square", "noise", 3, 300, "zero")
     assert distiller.recovery_error_ == distiller.distilled_.recovery_error
-    assert distiller.distilled_.provenance["recovery_error"] == distiller.recovery_error_
+    assert distiller.distilled_.provenance.recovery_error == distiller.recovery_error_
 
 
 # -- theory checks ---------------------------------------------------------------------------
@@ -140,7 +140,7 @@ def test_identity_one_image_per_class_is_pinv_of_w():
 def test_identity_one_image_per_class_positive_reg_s_follows_theorem(root, sign):
     # D = W; X_S = U diag((1 +- sqrt(1 - 4 reg s'^2)) / (2 s')) V^T from the SVD of W.
     distiller = run("identity", "noise", 1, 300, f"bound-{root}")
-    reg = distiller.distilled_.provenance["reg_s"]
+    reg = distiller.distilled_.provenance.reg_s
     v, s, u_t = torch.linalg.svd(distiller.teacher_.weights_, full_matrices=False)
     sigma = (1 + sign * torch.sqrt((1 - 4 * reg * s**2).clamp_min(0))) / (2 * s)
     assert _rel_err(distiller.distilled_.x, (v * sigma) @ u_t) < 1e-10
@@ -151,13 +151,13 @@ def test_bound_is_one_over_four_top_singular_value_squared(map_name):
     # With ipc = 1 the free part vanishes and D = W, so the bound is 1 / (4 sigma_1(W)^2).
     distiller = run(map_name, "noise", 1, 300, "bound-plus")
     top = float(torch.linalg.svdvals(distiller.teacher_.weights_)[0])
-    assert distiller.distilled_.provenance["reg_s"] == pytest.approx(1.0 / (4 * top**2), rel=1e-12)
+    assert distiller.distilled_.provenance.reg_s == pytest.approx(1.0 / (4 * top**2), rel=1e-12)
 
 
 @pytest.mark.parametrize("map_name", list(MAPS))
 def test_below_bound_records_the_given_reg_s(map_name):
-    bound = run(map_name, "noise", 3, 300, "bound-plus").distilled_.provenance["reg_s"]
-    assert run(map_name, "noise", 3, 300, "below").distilled_.provenance["reg_s"] == 0.5 * bound
+    bound = run(map_name, "noise", 3, 300, "bound-plus").distilled_.provenance.reg_s
+    assert run(map_name, "noise", 3, 300, "below").distilled_.provenance.reg_s == 0.5 * bound
 
 
 # -- labels ------------------------------------------------------------------------------------
@@ -175,16 +175,16 @@ def test_labels_are_class_interleaved(init, ipc, n):
 @pytest.mark.parametrize("ipc", [1, 3, 11])
 def test_noise_init_targets_are_one_hot_up_to_range_scale(map_name, ipc):
     syn = run(map_name, "noise", ipc, 300, "zero").distilled_
-    scale = syn.provenance["range_scale"]
-    assert syn.provenance["soft_labels"] is False
+    scale = syn.provenance.range_scale
+    assert syn.provenance.extras["soft_labels"] is False
     torch.testing.assert_close(syn.y * scale, one_hot(syn.labels), rtol=1e-14, atol=1e-14)
 
 
 @pytest.mark.parametrize("map_name", list(MAPS))
 def test_real_init_uses_soft_labels(map_name):
     syn = run(map_name, "real", 3, 300, "zero").distilled_
-    scale = syn.provenance["range_scale"]
-    assert syn.provenance["soft_labels"] is True
+    scale = syn.provenance.range_scale
+    assert syn.provenance.extras["soft_labels"] is True
     assert float((syn.y * scale - one_hot(syn.labels)).abs().max()) > 1e-3
 
 
@@ -206,8 +206,8 @@ def test_soft_labels_are_teacher_predictions_on_real_points_of_the_class(map_nam
 def test_soft_labels_can_be_turned_off(map_name):
     x, y = _problem(n=300)
     syn = distill(x, y, ipc=3, feature_map=MAPS[map_name](), reg=TEACHER_REG, init="real", soft_labels=False)
-    assert syn.provenance["soft_labels"] is False
-    torch.testing.assert_close(syn.y * syn.provenance["range_scale"], one_hot(syn.labels), rtol=1e-14, atol=1e-14)
+    assert syn.provenance.extras["soft_labels"] is False
+    torch.testing.assert_close(syn.y * syn.provenance.range_scale, one_hot(syn.labels), rtol=1e-14, atol=1e-14)
     assert _rel_err(student_weights(syn, MAPS[map_name]()), teacher_weights(map_name, 300)) < 1e-9
 
 
@@ -218,16 +218,16 @@ def test_soft_labels_can_be_turned_off(map_name):
 @pytest.mark.parametrize("mode", ["zero", "bound-plus", "below"])
 def test_rff_reg_is_divided_by_range_scale_squared(map_name, mode):
     syn = run(map_name, "noise", 3, 300, mode).distilled_
-    scale = syn.provenance["range_scale"]
+    scale = syn.provenance.range_scale
     assert abs(scale - 1.0) > 1e-2  # the features really were rescaled
-    assert syn.reg == pytest.approx(syn.provenance["reg_s"] / scale**2, rel=1e-14)
+    assert syn.reg == pytest.approx(syn.provenance.reg_s / scale**2, rel=1e-14)
 
 
 @pytest.mark.parametrize("map_name", FOURIER)
 @pytest.mark.parametrize("mode", ["zero", "bound-plus"])
 def test_rff_student_is_w_itself_not_a_multiple(map_name, mode):
     syn = run(map_name, "noise", 3, 300, mode).distilled_
-    scale = syn.provenance["range_scale"]
+    scale = syn.provenance.range_scale
     fmap = MAPS[map_name]()
     teacher = teacher_weights(map_name, 300)
     # The stored (rescaled) targets give W exactly; undoing the target rescale gives scale * W.
@@ -238,8 +238,8 @@ def test_rff_student_is_w_itself_not_a_multiple(map_name, mode):
 @pytest.mark.parametrize("map_name", ["identity", "fcnn-square", "fcnn-narrowing"])
 def test_unbounded_maps_are_not_rescaled(map_name):
     syn = run(map_name, "noise", 3, 300, "bound-plus").distilled_
-    assert syn.provenance["range_scale"] == 1.0
-    assert syn.reg == syn.provenance["reg_s"]
+    assert syn.provenance.range_scale == 1.0
+    assert syn.reg == syn.provenance.reg_s
 
 
 # -- teacher ----------------------------------------------------------------------------------------
@@ -251,8 +251,8 @@ def test_prefitted_teacher_needs_no_data_for_noise_init(map_name):
     teacher = KRR(MAPS[map_name](), reg=TEACHER_REG).fit(x, y)
     syn = distill(None, None, ipc=2, teacher=teacher, reg_s="bound")
     assert _rel_err(student_weights(syn, MAPS[map_name]()), teacher_weights(map_name, 300)) < 1e-9
-    assert syn.provenance["teacher_reg"] == TEACHER_REG
-    assert syn.provenance["n"] == 300
+    assert syn.provenance.teacher_reg == TEACHER_REG
+    assert syn.provenance.n == 300
 
 
 def test_prefitted_teacher_weights_are_distilled_not_a_refit():
@@ -261,7 +261,7 @@ def test_prefitted_teacher_weights_are_distilled_not_a_refit():
     teacher = KRR(RandomFCNN(40, seed=1), reg=1.0).fit(x, y)
     syn = distill(x, y, ipc=2, teacher=teacher, reg=1e-6, init="real")
     assert _rel_err(student_weights(syn, RandomFCNN(40, seed=1)), teacher.weights_) < 1e-9
-    assert syn.provenance["teacher_reg"] == 1.0
+    assert syn.provenance.teacher_reg == 1.0
 
 
 def test_teacher_with_auto_reg_is_recovered():
@@ -332,8 +332,8 @@ def test_rff_real_init_features_are_closer_to_real_features_than_noise_init(map_
     fmap = MAPS[map_name]()
     real = run(map_name, "real", 3, 300, "zero").distilled_
     noise = run(map_name, "noise", 3, 300, "zero").distilled_
-    real_feats = fmap(real.x) * real.provenance["range_scale"]
-    noise_feats = fmap(noise.x) * noise.provenance["range_scale"]
+    real_feats = fmap(real.x) * real.provenance.range_scale
+    noise_feats = fmap(noise.x) * noise.provenance.range_scale
     near_real = mean_distance_to_same_class(real_feats, real.labels, fmap(x), y)
     near_noise = mean_distance_to_same_class(noise_feats, noise.labels, fmap(x), y)
     assert near_real < 0.5 * near_noise
@@ -370,16 +370,16 @@ def test_image_inputs_record_shape_and_normalisation():
     )
     assert syn.image_shape == (2, 4, 5)
     assert syn.x.shape == (8, 40)
-    assert (syn.mean, syn.std, syn.provenance["dataset"]) == ((0.5, 0.25), (0.1, 0.2), "toy")
+    assert (syn.mean, syn.std, syn.provenance.dataset) == ((0.5, 0.25), (0.1, 0.2), "toy")
 
 
 def test_provenance_records_the_settings():
     syn = run("fcnn-narrowing", "real", 3, 300, "bound-minus").distilled_
     provenance = syn.provenance
     assert syn.feature_map_spec == MAPS["fcnn-narrowing"]().spec()
-    assert (provenance["ipc"], provenance["init"], provenance["root"], provenance["seed"]) == (3, "real", "minus", 0)
-    assert provenance["teacher_reg"] == TEACHER_REG
-    assert provenance["distillmem_version"] == distillmem.__version__
+    assert (provenance.ipc, provenance.init, provenance.extras["root"], provenance.seed) == (3, "real", "minus", 0)
+    assert provenance.teacher_reg == TEACHER_REG
+    assert provenance.distillmem_version == distillmem.__version__
 
 
 # -- bad arguments ----------------------------------------------------------------------------------------
@@ -387,15 +387,20 @@ def test_provenance_records_the_settings():
 
 def test_reg_s_above_the_bound_raises():
     x, y = _problem(n=300)
-    bound = run("fcnn-square", "noise", 3, 300, "bound-plus").distilled_.provenance["reg_s"]
+    bound = run("fcnn-square", "noise", 3, 300, "bound-plus").distilled_.provenance.reg_s
     with pytest.raises(ValueError, match="exceeds the admissible bound"):
         distill(x, y, ipc=3, feature_map=RandomFCNN(40, seed=1), reg=TEACHER_REG, reg_s=1.01 * bound)
 
 
-@pytest.mark.parametrize("ipc", [0, -1, 2.5, "3", None])
-def test_bad_ipc_raises(ipc):
+@pytest.mark.parametrize(
+    "ipc, error, message",
+    [(0, ValueError, "ipc must be >= 1, got 0"), (-1, ValueError, "ipc must be >= 1"),
+     (2.5, TypeError, "ipc must be an integer, got 2.5"), ("3", TypeError, "ipc must be an integer"),
+     (None, TypeError, "ipc must be an integer"), (True, TypeError, "ipc must be an integer, got True")],
+)
+def test_bad_ipc_raises(ipc, error, message):
     x, y = _problem(n=300)
-    with pytest.raises(ValueError, match="ipc must be an integer >= 1"):
+    with pytest.raises(error, match=message):
         distill(x, y, ipc=ipc, reg=TEACHER_REG)
 
 
@@ -413,17 +418,27 @@ def test_bad_root_raises(root):
         distill(x, y, ipc=2, reg=TEACHER_REG, reg_s="bound", root=root)
 
 
-@pytest.mark.parametrize("reg_s", [-1e-3, float("nan"), float("inf"), "max"])
-def test_bad_reg_s_raises(reg_s):
+@pytest.mark.parametrize(
+    "reg_s, error, message",
+    [(-1e-3, ValueError, "reg_s must be >= 0"), (float("nan"), ValueError, "reg_s must be a finite number"),
+     (float("inf"), ValueError, "reg_s must be a finite number"), ("max", ValueError, "reg_s must be a number >= 0 or 'bound'"),
+     (None, TypeError, "reg_s must be a real number, got None"), (True, TypeError, "reg_s must be a real number")],
+)
+def test_bad_reg_s_raises(reg_s, error, message):
     x, y = _problem(n=300)
-    with pytest.raises(ValueError, match='reg_s must be a float >= 0 or "bound"'):
+    with pytest.raises(error, match=message):
         distill(x, y, ipc=2, reg=TEACHER_REG, reg_s=reg_s)
 
 
-def test_bad_noise_scale_raises():
+@pytest.mark.parametrize(
+    "noise_scale, error, message",
+    [(0.0, ValueError, "noise_scale must be > 0"), (float("inf"), ValueError, "noise_scale must be a finite number"),
+     (float("nan"), ValueError, "noise_scale must be a finite number"), (None, TypeError, "noise_scale must be a real")],
+)
+def test_bad_noise_scale_raises(noise_scale, error, message):
     x, y = _problem(n=300)
-    with pytest.raises(ValueError, match="noise_scale must be > 0"):
-        distill(x, y, ipc=2, reg=TEACHER_REG, noise_scale=0.0)
+    with pytest.raises(error, match=message):
+        distill(x, y, ipc=2, reg=TEACHER_REG, noise_scale=noise_scale)
 
 
 @pytest.mark.parametrize(

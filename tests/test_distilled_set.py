@@ -79,7 +79,7 @@ def test_round_trip_metadata_is_equal(tmp_path, kind):
 def test_round_trip_keeps_image_fields(tmp_path):
     loaded = DistilledSet.load(saved(tmp_path, "images"))
     assert (loaded.image_shape, loaded.mean, loaded.std) == ((2, 4, 5), MEAN, STD)
-    assert loaded.provenance["dataset"] == "toy"
+    assert loaded.provenance.dataset == "toy"
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -116,7 +116,7 @@ def test_numpy_integer_ipc_set_round_trips(tmp_path):
     path = tmp_path / "set.safetensors"
     syn.save(path)
     loaded = DistilledSet.load(path)
-    assert loaded.provenance["ipc"] == 2
+    assert loaded.provenance.ipc == 2
     assert torch.equal(loaded.x, syn.x)
 
 
@@ -447,7 +447,7 @@ def test_basic_properties():
     syn = make_set("rff")
     assert len(syn) == 12
     assert syn.n_classes == 4
-    assert syn.recovery_error == syn.provenance["recovery_error"]
+    assert syn.recovery_error == syn.provenance.recovery_error
 
 
 def test_feature_map_is_a_fresh_copy():

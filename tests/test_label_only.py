@@ -26,11 +26,11 @@ def teacher():
 @pytest.mark.parametrize("reg_s", [0.0, 0.5])
 @pytest.mark.parametrize("m", [D, D + 9])
 def test_exact_when_m_at_least_d_in_lrr(teacher, m, reg_s, rel_err):
-    distilled = distill_labels(_points(m), teacher, reg_s=reg_s)
-    assert distilled.provenance["exact"] is True
-    assert distilled.provenance["feature_rank"] == D
+    distilled = distill_labels(_points(m), teacher=teacher, reg_s=reg_s)
+    assert distilled.provenance.extras["exact"] is True
+    assert distilled.provenance.extras["feature_rank"] == D
     assert distilled.recovery_error < 1e-10
-    assert distilled.provenance["predicted_error"] < 1e-10
+    assert distilled.provenance.extras["predicted_error"] < 1e-10
     assert rel_err(distilled.fit_krr().weights_, teacher.weights_) < 1e-10
     assert distilled.reg == reg_s and distilled.y.shape == (m, 4)
 
@@ -39,14 +39,14 @@ def test_exact_in_feature_space_with_m_equal_p(make_problem):
     x, y = make_problem(n=200, d=30, k=3)
     fmap = RandomFCNN(30, widths=(20,), seed=1)
     teacher = KRR(fmap, reg=1e-3).fit(x, y)
-    distilled = distill_labels(_points(20, 30), teacher)
-    assert distilled.provenance["p"] == 20 and distilled.provenance["exact"]
+    distilled = distill_labels(_points(20, 30), teacher=teacher)
+    assert distilled.provenance.extras["p"] == 20 and distilled.provenance.extras["exact"]
     assert distilled.recovery_error < 1e-9
 
 
 def test_targets_at_reg_zero_are_the_teachers_scores(teacher):
     x_s = _points(12)
-    distilled = distill_labels(x_s, teacher)
+    distilled = distill_labels(x_s, teacher=teacher)
     assert torch.allclose(distilled.y, teacher.decision_function(x_s), atol=1e-12, rtol=0)
     assert torch.equal(distilled.labels, distilled.y.argmax(dim=1))
 
@@ -54,14 +54,14 @@ def test_targets_at_reg_zero_are_the_teachers_scores(teacher):
 @pytest.mark.parametrize("reg_s", [0.0, 0.3])
 def test_reported_error_matches_refit_and_theorem_formula_below_d(teacher, reg_s, naive_ridge, rel_err):
     x_s = _points(15)
-    distilled = distill_labels(x_s, teacher, reg_s=reg_s)
+    distilled = distill_labels(x_s, teacher=teacher, reg_s=reg_s)
     w = teacher.weights_
     refit = naive_ridge(x_s, distilled.y, reg_s)  # an independent SVD-based KRR solve
     measured = rel_err(refit, w)
     assert measured > 1e-3  # m < d: not exact in general
-    assert distilled.provenance["exact"] is False
+    assert distilled.provenance.extras["exact"] is False
     assert distilled.recovery_error == pytest.approx(measured, rel=1e-9)
-    assert distilled.provenance["predicted_error"] == pytest.approx(measured, rel=1e-9)
+    assert distilled.provenance.extras["predicted_error"] == pytest.approx(measured, rel=1e-9)
     # theory.md section 5 (columns): ||W (X_reg X_reg^+ - I_d)|| with X_reg = (X_{S,reg}^+)^+.
     x_cols = x_s.T
     x_reg_pinv = torch.linalg.solve(x_cols.T @ x_cols + reg_s * torch.eye(15, dtype=torch.float64), x_cols.T)
@@ -82,27 +82,27 @@ def test_error_decreases_as_m_grows(teacher):
 
 def test_images_keep_their_shape_and_provenance_survives_save(teacher, tmp_path):
     x_s = _points(D).reshape(D, 1, 5, 8)
-    distilled = distill_labels(x_s, teacher, dataset="toy", mean=(0.1,), std=(0.3,))
+    distilled = distill_labels(x_s, teacher=teacher, dataset="toy", mean=(0.1,), std=(0.3,))
     assert distilled.image_shape == (1, 5, 8)
     loaded = DistilledSet.load(distilled.save(tmp_path / "labels.dm"))
-    assert loaded.provenance["method"] == "label-only"
-    assert loaded.provenance["exact"] is True
-    assert loaded.provenance["recovery_error"] == distilled.recovery_error
+    assert loaded.provenance.method == "label_only"
+    assert loaded.provenance.extras["exact"] is True
+    assert loaded.provenance.recovery_error == distilled.recovery_error
 
 
 def test_bad_inputs(teacher):
     with pytest.raises(ValueError, match="features"):
-        distill_labels(_points(10, D + 1), teacher)
+        distill_labels(_points(10, D + 1), teacher=teacher)
     x_nan = _points(10)
     x_nan[3, 2] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
-        distill_labels(x_nan, teacher)
+        distill_labels(x_nan, teacher=teacher)
     with pytest.raises(ValueError, match="fitted"):
-        distill_labels(_points(10), KRR(Identity(), reg=1.0))
+        distill_labels(_points(10), teacher=KRR(Identity(), reg=1.0))
     with pytest.raises(TypeError, match="KRR"):
-        distill_labels(_points(10), object())
+        distill_labels(_points(10), teacher=object())
     for reg_s in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="reg_s"):
-            distill_labels(_points(10), teacher, reg_s=reg_s)
+            distill_labels(_points(10), teacher=teacher, reg_s=reg_s)
     with pytest.raises(ValueError, match="empty"):
-        distill_labels(torch.zeros(0, D, dtype=torch.float64), teacher)
+        distill_labels(torch.zeros(0, D, dtype=torch.float64), teacher=teacher)

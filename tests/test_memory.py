@@ -279,7 +279,7 @@ def test_rff_distilled_set_gives_every_reg_after_rescaling(make_problem, rel_err
     x, y = make_problem(n=300)
     memory = memory_of(MAPS["rff"](), x, y)
     distilled = memory.to_distilled_set(0.5)
-    scale = distilled.provenance["range_scale"]
+    scale = distilled.provenance.range_scale
     assert scale > 1 and distilled.reg == pytest.approx(0.5 / scale**2, rel=1e-14)
     for reg in (0.0, 1e-2, 3.0):
         refit = KRR(distilled.feature_map(), reg=reg / scale**2, n_classes=4).fit(distilled.x, distilled.y)
@@ -324,7 +324,7 @@ def test_redistilled_chen_set_keeps_its_model(make_problem, rel_err, map_name):
     teacher = KRR(MAPS[map_name](), reg=0.1, n_classes=4).fit(x, y)
     chen = distill(x, y, ipc=2, teacher=teacher)  # 8 points, exact at reg = chen.reg
     memory = MomentMemory.from_distilled_set(chen)
-    scale = chen.provenance.get("range_scale", 1.0)
+    scale = chen.provenance.range_scale
     assert memory.n_points <= 8 and memory.n_seen_ == 8
     assert rel_err(memory.fit_krr(chen.reg * scale**2).weights_, teacher.weights_) < 1e-10
 

@@ -36,7 +36,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_teacher_is_fitted_on_the_95_percent_split(digits, result, paper_teacher):
     train_idx, val_idx = train_val_split(len(digits.y_train), 0.05, SEED)
     assert result.n_train == len(train_idx) == len(digits.y_train) - len(val_idx) < len(digits.y_train)
-    assert result.distilled.provenance["n"] == len(train_idx)
+    assert result.distilled.provenance.n == len(train_idx)
     assert result.reg == paper_teacher.reg_
     # The distilled set reproduces the 95% model, not one refitted on all training data.
     student = result.distilled.fit_krr()
