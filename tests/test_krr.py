@@ -575,3 +575,25 @@ def test_from_weights_predicts_like_the_fitted_model(problem):
 def test_from_weights_rejects_weights_of_the_wrong_width():
     with pytest.raises(ValueError, match=r"weights must have shape \(k, 40\)"):
         KRR.from_weights(RandomFCNN(40, seed=0), torch.zeros(4, 39, dtype=torch.float64), 0.1, n_features_in=40, n_samples=1)
+
+
+# -- reg="auto" on both solvers (the held-out rows must rejoin the refit) ------------------------------------
+
+
+@pytest.mark.parametrize("solver, chunk_size", [("primal", 8192), ("primal", 7), ("svd", 8192)])
+@pytest.mark.parametrize("refit", [True, False])
+def test_auto_refit_on_each_solver_matches_a_fixed_reg_fit(make_problem, naive_ridge, rel_err, solver, chunk_size, refit):
+    x, y = noisy(make_problem, 300, seed=2)
+    fmap = RandomFCNN(40, seed=1)
+    model = KRR(
+        fmap, reg="auto", reg_grid=GRID, val_fraction=0.2, seed=4, refit=refit, solver=solver, chunk_size=chunk_size
+    ).fit(x, y)
+    train_idx, val_idx = train_val_split(300, 0.2, 4)
+    assert model.solver_ == solver
+    assert model.val_accuracy_ == naive_val_accuracy(fmap, x[train_idx], y[train_idx], x[val_idx], y[val_idx], GRID, naive_ridge)
+    rows = torch.arange(300) if refit else train_idx
+    assert model.n_samples_ == len(rows)
+    assert rel_err(model.weights_, naive_ridge(fmap(x[rows]), one_hot(y[rows], 4), model.reg_)) < 1e-10
+    # The held-out 20% moves the solution far more than the tolerance: dropping it cannot pass.
+    other = torch.as_tensor(train_idx if refit else range(300))
+    assert rel_err(naive_ridge(fmap(x[other]), one_hot(y[other], 4), model.reg_), model.weights_) > 1e-3

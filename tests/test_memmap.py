@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from distillmem import KRR, KRRDistiller
+from distillmem import KRR, KRRDistiller, MomentMemory
 from distillmem.features import Identity, RandomFCNN
 
 D = 16
@@ -120,3 +120,34 @@ def test_label_file_of_the_wrong_length_is_rejected(tmp_path, data):
     x, y = data
     with pytest.raises(ValueError, match="different numbers of samples: 300 != 299"):
         KRR(RandomFCNN(D), reg=1.0).fit(memmap(tmp_path, "x", x), memmap(tmp_path, "y", y[:-1]))
+
+
+# -- a NaN met while streaming is reported at its row in the whole data, not in its chunk ----------------------
+
+
+def _with_nan(x: np.ndarray, row: int) -> np.ndarray:
+    x = x.copy()
+    x[row, 5] = np.nan
+    return x
+
+
+def test_nan_in_a_later_batch_names_its_global_row(data):
+    x, y = _with_nan(*data[:1], 170), data[1]
+    batches = [(x[i : i + 100], y[i : i + 100]) for i in range(0, 300, 100)]  # row 170 is row 70 of batch 1
+    with pytest.raises(ValueError, match=r"batch 1 contains NaN or Inf \(first at row 170\)"):
+        KRR(RandomFCNN(D), reg=1.0, n_classes=4).fit(batches)
+    with pytest.raises(ValueError, match=r"first at row 170\)"):
+        MomentMemory(RandomFCNN(D), n_classes=4).update(iter(batches))
+
+
+@pytest.mark.parametrize("solver", ["primal", "svd"])
+def test_nan_in_a_later_memmap_chunk_names_its_global_row(tmp_path, data, solver):
+    x, y = data
+    xm = memmap(tmp_path, "nan", _with_nan(x, 150))  # row 150 is row 22 of the third 64-row chunk
+    with pytest.raises(ValueError, match=r"NaN or Inf \(first at row 150\)"):
+        KRR(RandomFCNN(D), reg=1.0, solver=solver, chunk_size=64).fit(xm, y)
+    with pytest.raises(ValueError, match=r"NaN or Inf \(first at row 150\)"):
+        MomentMemory(RandomFCNN(D), n_classes=4, chunk_size=64).update(xm, y)
+    model = KRR(RandomFCNN(D), reg=1.0, chunk_size=64).fit(x, y)
+    with pytest.raises(ValueError, match=r"NaN or Inf \(first at row 150\)"):
+        model.predict(xm)
