@@ -68,7 +68,7 @@ def test_spec_round_trip_and_saved_set(tmp_path):
     assert not torch.equal(RandomLinear(6, widths=(12, 15), seed=10).composed, fmap.composed)
 
     teacher = _expanding_teacher(1e-3)
-    loaded = DistilledSet.load(distill_deep_linear(teacher).save(tmp_path / "linear.dm"))
+    loaded = DistilledSet.load(distill_deep_linear(teacher=teacher, ipc=1).save(tmp_path / "linear.dm"))
     assert loaded.feature_map().spec() == teacher.feature_map_.spec()
     assert _rel(loaded.fit_krr().weights_, teacher.weights_) < 1e-9
 
@@ -78,9 +78,9 @@ def test_expanding_map_is_recovered_exactly_with_k_points(reg):
     teacher = _expanding_teacher(reg)
     fmap = teacher.feature_map_
     assert not fmap.surjective and fmap.rank == 6
-    distilled = distill_deep_linear(teacher)
+    distilled = distill_deep_linear(teacher=teacher, ipc=1)
     assert len(distilled) == 3 and distilled.reg == 0.0  # m = k
-    assert distilled.provenance["range_residual"] < 1e-10
+    assert distilled.provenance.extras["range_residual"] < 1e-10
     assert distilled.recovery_error < 1e-9
     # Independent check: min-norm least squares on phi(X_S) with one-hot targets.
     refit = (torch.linalg.pinv(fmap(distilled.x)) @ distilled.y).T
@@ -92,7 +92,7 @@ def test_expanding_map_is_recovered_exactly_with_k_points(reg):
 
 def test_more_points_per_class_are_distinct_and_exact():
     teacher = _expanding_teacher(1e-3)
-    distilled = distill_deep_linear(teacher, ipc=3, seed=1)
+    distilled = distill_deep_linear(teacher=teacher, ipc=3, seed=1)
     assert len(distilled) == 9
     assert torch.cdist(distilled.x, distilled.x).add(torch.eye(9, dtype=torch.float64)).min() > 1e-6
     assert distilled.recovery_error < 1e-9
@@ -102,7 +102,7 @@ def test_range_condition_failure_raises():
     teacher = copy.deepcopy(_expanding_teacher(1e-3))
     teacher.weights_ = torch.randn(3, 15, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     with pytest.raises(ValueError, match=r"range condition Range\(W\^T\)"):
-        distill_deep_linear(teacher)
+        distill_deep_linear(teacher=teacher)
 
 
 def test_surjective_linear_map_works_with_the_engine_and_the_k_point_route(make_problem):
@@ -110,7 +110,7 @@ def test_surjective_linear_map_works_with_the_engine_and_the_k_point_route(make_
     fmap = RandomLinear(20, widths=(16, 10), seed=5)
     teacher = KRR(fmap, reg=1e-2).fit(x, y)
     assert distill(x, y, ipc=2, teacher=teacher).recovery_error < 1e-9
-    assert distill_deep_linear(teacher, ipc=2).recovery_error < 1e-9
+    assert distill_deep_linear(teacher=teacher, ipc=2).recovery_error < 1e-9
 
 
 def test_bad_arguments():
@@ -120,12 +120,12 @@ def test_bad_arguments():
         RandomLinear(4, widths=())
     teacher = _expanding_teacher(1e-3)
     with pytest.raises(ValueError, match="ipc"):
-        distill_deep_linear(teacher, ipc=0)
+        distill_deep_linear(teacher=teacher, ipc=0)
     with pytest.raises(ValueError, match="fitted"):
-        distill_deep_linear(KRR(RandomLinear(6), reg=1.0))
+        distill_deep_linear(teacher=KRR(RandomLinear(6), reg=1.0))
     x, y = _problem(n=50, d=6, k=3)
     with pytest.raises(ValueError, match="RandomLinear"):
-        distill_deep_linear(KRR(Identity(), reg=1.0).fit(x, y))
+        distill_deep_linear(teacher=KRR(Identity(), reg=1.0).fit(x, y))
 
 
 # -- the noise for ipc > 1, and the inexactness warning ----------------------------------------------------
@@ -145,7 +145,7 @@ def test_noise_lies_in_the_range_of_m_at_the_requested_scale(d, widths, k, ipc, 
     x, y = _problem(n=200, d=d, k=k)
     teacher = KRR(RandomLinear(d, widths=widths, seed=3), reg=1e-3).fit(x, y)
     fmap, noise_scale = teacher.feature_map_, 0.1
-    distilled = distill_deep_linear(teacher, ipc=ipc, seed=seed, noise_scale=noise_scale)
+    distilled = distill_deep_linear(teacher=teacher, ipc=ipc, seed=seed, noise_scale=noise_scale)
     y_s = distilled.y.T  # (k, m)
     y_s_pinv = torch.linalg.pinv(y_s)
     particular = y_s_pinv @ teacher.weights_
@@ -165,11 +165,11 @@ def test_an_exact_set_does_not_warn_and_an_inexact_one_does():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # any warning fails the exact cases
         for ipc in (1, 3):
-            assert distill_deep_linear(teacher, ipc=ipc).recovery_error < 1e-9
+            assert distill_deep_linear(teacher=teacher, ipc=ipc).recovery_error < 1e-9
     # Weights outside Range(M), let through by a loose tol: no set can give them back.
     broken = copy.deepcopy(teacher)
     broken.weights_ = torch.randn(3, 15, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     with pytest.warns(UserWarning, match=r"relative weight error \S+ > 1e-06") as caught:
-        distilled = distill_deep_linear(broken, ipc=2, tol=10.0)
+        distilled = distill_deep_linear(teacher=broken, ipc=2, tol=10.0)
     assert distilled.recovery_error > 1e-6
     assert f"{distilled.recovery_error:.3g}" in str(caught[0].message)

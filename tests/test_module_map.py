@@ -187,7 +187,7 @@ def test_spec_describes_but_does_not_rebuild(tmp_path, fitted):
     path = distilled.save(tmp_path / "module.safetensors")
     loaded = DistilledSet.load(path)
     assert loaded.feature_map_spec == distilled.feature_map_spec
-    assert loaded.provenance["feature_residual"] == distilled.provenance["feature_residual"]
+    assert loaded.provenance.extras["feature_residual"] == distilled.provenance.extras["feature_residual"]
     with pytest.raises(ValueError, match="Supply it yourself"):
         loaded.fit_krr()
     # With the module supplied, the saved set refits to the recorded error.
@@ -210,13 +210,13 @@ def test_label_step_reduces_the_weight_error(fitted, init):
     with_labels = distill_approximate(x, y, teacher=teacher, ipc=2, init=init, seed=1)
     without = distill_approximate(x, y, teacher=teacher, ipc=2, init=init, seed=1, solve_labels=False)
     prov = with_labels.provenance
-    assert prov["recovery_error"] < prov["recovery_error_before_labels"]
-    assert prov["recovery_error"] < 0.9 * without.provenance["recovery_error"]
-    assert without.provenance["recovery_error"] == pytest.approx(prov["recovery_error_before_labels"])
+    assert prov.recovery_error < prov.extras["recovery_error_before_labels"]
+    assert prov.recovery_error < 0.9 * without.provenance.recovery_error
+    assert without.provenance.recovery_error == pytest.approx(prov.extras["recovery_error_before_labels"])
     # The recorded errors are those of a refit on the returned set.
     student = KRR(fmap, reg=with_labels.reg, n_classes=4).fit(with_labels.x, with_labels.y)
-    assert rel(student.weights_, teacher.weights_) == pytest.approx(prov["recovery_error"], rel=1e-6)
-    assert 0 <= prov["feature_residual"] and prov["method"] == "approximate"
+    assert rel(student.weights_, teacher.weights_) == pytest.approx(prov.recovery_error, rel=1e-6)
+    assert 0 <= prov.extras["feature_residual"] and prov.method == "approximate"
     assert with_labels.labels.tolist() == [0, 1, 2, 3] * 2
 
 
@@ -224,8 +224,8 @@ def test_enough_points_make_the_label_step_exact(fitted):
     # m = 4 * 8 = 32 >= p = 24: Theorem 4.2 in feature space gives W_S = W whatever the preimage error.
     x, y, fmap, teacher = fitted
     distilled = distill_approximate(x, y, teacher=teacher, ipc=8, init="noise", steps=5)
-    assert distilled.provenance["feature_residual"] > 1e-3
-    assert distilled.provenance["recovery_error"] < 1e-8
+    assert distilled.provenance.extras["feature_residual"] > 1e-3
+    assert distilled.provenance.recovery_error < 1e-8
 
 
 def test_wraps_a_non_surjective_feature_map():
@@ -237,8 +237,8 @@ def test_wraps_a_non_surjective_feature_map():
     distilled = distill_approximate(x, y, teacher=teacher, ipc=2, init="real", steps=40)
     assert distilled.feature_map_spec == fmap.spec()
     prov = distilled.provenance
-    assert prov["recovery_error"] <= prov["recovery_error_before_labels"]
-    assert rel(distilled.fit_krr().weights_, teacher.weights_) == pytest.approx(prov["recovery_error"], rel=1e-6)
+    assert prov.recovery_error <= prov.extras["recovery_error_before_labels"]
+    assert rel(distilled.fit_krr().weights_, teacher.weights_) == pytest.approx(prov.recovery_error, rel=1e-6)
 
 
 def test_approximate_argument_checks(fitted):

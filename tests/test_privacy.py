@@ -57,12 +57,12 @@ def test_noise_scale_matches_a_hand_computation(data):
     hand = 2 * math.sqrt(2) * math.sqrt(math.log(1.25 / DELTA)) * bound * (math.sqrt(n_c) / ipc)
     hand /= sigma_0**2 * EPS * math.sqrt(1 - 1 / ipc)
     prov = distilled.provenance
-    assert prov["sigma_0"] == pytest.approx(sigma_0, rel=1e-10)
-    assert prov["sigma"] == pytest.approx(hand, rel=1e-10)
-    assert (prov["epsilon"], prov["delta"], prov["norm_bound"], prov["sigma_0_source"]) == (EPS, DELTA, bound, "data")
+    assert prov.extras["sigma_0"] == pytest.approx(sigma_0, rel=1e-10)
+    assert prov.extras["sigma"] == pytest.approx(hand, rel=1e-10)
+    assert (prov.extras["epsilon"], prov.extras["delta"], prov.extras["norm_bound"], prov.extras["sigma_0_source"]) == (EPS, DELTA, bound, "data")
     assert NOISE_CONSTANT == pytest.approx(2 * math.sqrt(2))
     # sigma scales as 1/epsilon.
-    half = distill_private(x, y, ipc=ipc, epsilon=EPS / 2, delta=DELTA, norm_bound=bound).provenance["sigma"]
+    half = distill_private(x, y, ipc=ipc, epsilon=EPS / 2, delta=DELTA, norm_bound=bound).provenance.extras["sigma"]
     assert half == pytest.approx(2 * hand, rel=1e-10)
 
 
@@ -100,7 +100,7 @@ def test_noise_enters_only_through_i_minus_p_with_the_stated_scale(data):
     # P D = Y_S^+ W exactly: the rows together give back W (W is not private).
     assert _rel(y_s_pinv @ (y_s @ d_mat), y_s_pinv @ w) < 1e-9
     noise = d_mat - y_s_pinv @ w  # (I - P) Z, entries N(0, sigma^2 (1 - 1/ipc))
-    expected = distilled.provenance["sigma"] * math.sqrt(1 - 1 / ipc)
+    expected = distilled.provenance.extras["sigma"] * math.sqrt(1 - 1 / ipc)
     assert float(noise.std()) == pytest.approx(expected, rel=0.15)
 
 
@@ -118,8 +118,9 @@ def test_user_sigma_0_and_provenance_survive_save(data, tmp_path):
     distilled = distill_private(x, y, ipc=2, epsilon=EPS, delta=DELTA, norm_bound=4.0, sigma_0=1.0, dataset="toy")
     loaded = DistilledSet.load(distilled.save(tmp_path / "private.dm"))
     prov = loaded.provenance
-    assert prov["sigma_0"] == 1.0 and prov["sigma_0_source"] == "user" and prov["method"] == "dp-gaussian"
-    assert {"epsilon", "delta", "norm_bound", "sigma", "sigma_0", "recovery_error"} <= set(prov)
+    assert prov.extras["sigma_0"] == 1.0 and prov.extras["sigma_0_source"] == "user" and prov.method == "private"
+    assert {"epsilon", "delta", "norm_bound", "sigma", "sigma_0"} <= set(prov.extras)
+    assert prov == distilled.provenance
 
 
 def test_clip_rows():
@@ -170,7 +171,7 @@ def test_fewer_samples_than_features_uses_the_thin_svd():
     w = (torch.linalg.pinv(clipped) @ torch.nn.functional.one_hot(y, 3).to(torch.float64)).T
     assert distilled.recovery_error < 1e-9
     assert _rel(distilled.fit_krr().weights_, w) < 1e-9
-    assert distilled.provenance["sigma_0"] == pytest.approx(0.99 * float(torch.linalg.svdvals(clipped)[-1]), rel=1e-10)
+    assert distilled.provenance.extras["sigma_0"] == pytest.approx(0.99 * float(torch.linalg.svdvals(clipped)[-1]), rel=1e-10)
 
 
 def _recorded(provenance, key: str):
