@@ -174,13 +174,6 @@ def test_fewer_samples_than_features_uses_the_thin_svd():
     assert distilled.provenance.extras["sigma_0"] == pytest.approx(0.99 * float(torch.linalg.svdvals(clipped)[-1]), rel=1e-10)
 
 
-def _recorded(provenance, key: str):
-    """A provenance field: a dict key, an attribute, or a method-specific entry of ``extras``."""
-    if isinstance(provenance, dict):
-        return provenance[key]
-    return getattr(provenance, key) if hasattr(provenance, key) else provenance.extras[key]
-
-
 @pytest.mark.parametrize("seed", [0, 1])
 def test_realised_noise_has_the_recorded_sigma(data, seed):
     # The noise actually drawn is recovered from the output: (I - P)(D - Y_S^+ W) = (I - P) Z, and for
@@ -192,7 +185,7 @@ def test_realised_noise_has_the_recorded_sigma(data, seed):
     x, y = data
     ipc, bound = 50, 3.0
     distilled = distill_private(x, y, ipc=ipc, epsilon=EPS, delta=DELTA, norm_bound=bound, seed=seed)
-    sigma = _recorded(distilled.provenance, "sigma")
+    sigma = distilled.provenance.extras["sigma"]
     _, w = _clipped_lrr(x, y, bound)
     d_mat = torch.linalg.pinv(distilled.x.T)  # (m, d), D = pinv(X_S^T)
     y_s = distilled.y.T
