@@ -16,7 +16,7 @@ import torch
 from scipy.linalg import blas
 from tqdm.auto import tqdm
 
-from ._validation import ArrayLike, as_samples, as_targets, is_array, to_tensor
+from ._validation import ArrayLike, as_samples, as_targets, first_nonfinite_row, is_array, to_tensor
 from .features import FeatureMap
 
 
@@ -91,6 +91,23 @@ def iter_batches(
         seen += xb.shape[0]
 
 
+def checked_features(feature_map: FeatureMap, x: torch.Tensor, *, first_row: int = 0, name: str = "x") -> torch.Tensor:
+    """phi(x) of shape (b, p) for a clean chunk x (b, d), in the dtype of x; NaN/Inf refused.
+
+    Finite float32 inputs can still overflow inside the map (3e38 times a weight):
+    one reduction per chunk catches it before an Inf or NaN reaches a solve.
+    """
+    feature_map.check_input(x)
+    features = feature_map(x)
+    bad = first_nonfinite_row(features)
+    if bad is not None:
+        raise ValueError(
+            f"the features of {name} are not finite (NaN or Inf, first at row {bad + first_row}): the inputs "
+            f"overflowed in the feature map's {features.dtype} arithmetic; pass float64 inputs or scale them down"
+        )
+    return features
+
+
 def accumulate_moments(
     feature_map: FeatureMap,
     chunks: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -98,16 +115,16 @@ def accumulate_moments(
     progress: bool = False,
     total: int | None = None,
 ) -> Moments:
-    """Moments of phi over (x, targets) chunks; features in the chunk dtype, sums in float64."""
+    """Moments of phi over (x, targets) chunks: features in the chunk dtype, widened to
+    float64 before they are multiplied, so G and R are float64 sums of the features."""
     gram = cross = None
     n = 0
     for x, t in tqdm(chunks, total=total, desc="features", unit="chunk", disable=not progress, leave=False, delay=1.0):
-        feature_map.check_input(x)
-        f = feature_map(x)
-        chunk_gram = _upper_gram(f).to(torch.float64)
+        f = checked_features(feature_map, x, first_row=n).to(torch.float64)
+        chunk_gram = _upper_gram(f)
         # (T^T F)^T, not F^T T: the same sums, but a row-major (k, b) @ (b, p) product is
         # several times faster than a product with the transposed (p, b) view for small k.
-        chunk_cross = (t.to(f.dtype).T @ f).T.to(torch.float64).contiguous()
+        chunk_cross = (t.to(torch.float64).T @ f).T.contiguous()
         if gram is None:
             gram, cross = chunk_gram, chunk_cross
         else:
@@ -118,21 +135,20 @@ def accumulate_moments(
         raise ValueError("the data is empty: no batch was given")
     gram = gram.triu() + gram.triu(1).T
     if not bool(torch.isfinite(gram).all()):
-        raise ValueError("the features overflowed (non-finite Gram matrix): scale the inputs down or pass float64 data")
+        raise ValueError("the features overflowed (non-finite Gram matrix): scale the inputs down")
     return Moments(gram, cross, n, x.shape[1])
 
 
 def _upper_gram(f: torch.Tensor) -> torch.Tensor:
-    """F^T F (p, p) for features F (b, p); on the CPU only its upper triangle is valid.
+    """F^T F (p, p) for float64 features F (b, p); on the CPU only its upper triangle is valid.
 
     BLAS syrk computes one triangle, half the work of a matrix product; the
     caller symmetrises the accumulated sum once.
     """
     if f.device.type != "cpu":
         return f.T @ f
-    syrk = blas.dsyrk if f.dtype == torch.float64 else blas.ssyrk
     # A row-major (b, p) array is the Fortran-ordered (p, b) array F^T: no copy.
-    return torch.from_numpy(syrk(1.0, f.contiguous().numpy().T, trans=0, lower=0))
+    return torch.from_numpy(blas.dsyrk(1.0, f.contiguous().numpy().T, trans=0, lower=0))
 
 
 def n_chunks(n: int, chunk_size: int) -> int:

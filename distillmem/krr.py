@@ -9,8 +9,16 @@ import numpy as np
 import torch
 
 from ._solvers import Spectral, solve_primal
-from ._stats import Moments, accumulate_moments, iter_array_chunks, iter_batches, n_chunks
-from ._validation import as_samples, as_targets, is_array, resolve_device, to_tensor
+from ._stats import Moments, accumulate_moments, checked_features, iter_array_chunks, iter_batches, n_chunks
+from ._validation import (
+    as_samples,
+    as_targets,
+    check_data_args,
+    check_int,
+    check_real,
+    resolve_device,
+    to_tensor,
+)
 from .data import train_val_split
 from .features import FeatureMap, Identity
 
@@ -39,8 +47,17 @@ class KRR:
     forms no Gram and so stays exact at reg = 0 on ill-conditioned features
     (distilled sets are such data). ``"auto"`` uses the primal for streamed
     data and for n >= p with n * p > 2^24 entries, and the SVD otherwise.
-    Features are computed in the dtype of the inputs (float32 or float64; other
-    dtypes become float64); Gram matrices and solves are always float64.
+    Features are computed in the dtype of the inputs (float32 or float64; 8-
+    and 16-bit integers become float32, exactly, and other dtypes float64);
+    they are widened to float64 before any product, so Gram matrices, cross
+    moments and solves are always float64. Features that overflow (finite
+    float32 inputs can) raise a ValueError rather than reaching a solve.
+
+    Targets: integer labels (n,) of k >= 2 classes (one-hot encoded), or a
+    float matrix (n, k). A single column (n, 1) is one regression target:
+    ``weights_`` and ``decision_function`` are then meaningful, but ``predict``,
+    ``score`` and ``reg="auto"`` (accuracy of an argmax) refuse it, and an
+    integer (n, 1) column is refused as labels of the wrong shape.
 
     Parameters
     ----------
@@ -51,7 +68,7 @@ class KRR:
         ``reg_grid`` (first maximum in ascending order) from one
         eigendecomposition, then refits on all the data given to ``fit``.
     reg_grid : sequence of float, optional
-        Candidates for ``"auto"``; default the paper's grid for the map.
+        Candidates for ``"auto"``, finite and >= 0; default the paper's grid for the map.
     val_fraction : float
         Held-out share for ``"auto"`` when ``fit`` gets no ``eval_set``.
     seed : int
@@ -62,7 +79,8 @@ class KRR:
         as in the paper's protocol (False).
     solver : {"auto", "primal", "svd"}
     n_classes : int, optional
-        k for integer labels; default max(y) + 1 with every class present.
+        k for integer labels (>= 2), or the number of target columns; default
+        max(y) + 1 with every class present.
     chunk_size : int
         Rows per chunk when computing features.
     device : str or torch.device, optional
@@ -120,23 +138,21 @@ class KRR:
     def fit(self, x: Any, y: Any = None, *, eval_set: tuple[Any, Any] | None = None) -> "KRR":
         """Fit on x (n, d) or (n, C, H, W) with y (n,) labels or (n, k) targets.
 
-        ``x`` may be a tensor, a numpy array (memory-mapped too) or, with
-        ``y=None``, an iterable of (x, y) batches. ``eval_set=(x_val, y_val)``
-        selects lambda for ``reg="auto"`` on that set and fits on ``x`` only.
+        ``x`` may be a tensor (autograd graphs are not followed), a numpy
+        array (memory-mapped too) or, with ``y=None``, an iterable of (x, y)
+        batches. ``eval_set=(x_val, y_val)`` selects lambda for ``reg="auto"``
+        on that set and fits on ``x`` only.
         """
         self._check_params()
+        streamed = check_data_args(x, y)
         fmap = self.feature_map_ = Identity() if self.feature_map is None else self.feature_map
         device = resolve_device(self.device)
         fmap.to(device)
-        streamed = not is_array(x)
-        if streamed and y is not None:
-            raise ValueError("y must be None when x is an iterable of (x, y) batches")
-        if not streamed and y is None:
-            raise ValueError("y is required when x is an array")
 
         val = None
         if eval_set is not None:
             val = self._eval_data(eval_set, device)
+            self._check_auto_targets(val[1].shape[1], "y_val")
         elif self.reg == "auto" and streamed:
             raise ValueError('reg="auto" on an iterable of batches needs eval_set=(x_val, y_val)')
 
@@ -152,6 +168,7 @@ class KRR:
 
         xs = as_samples(x)
         targets, k = as_targets(y, xs.shape[0], self.n_classes)
+        self._check_auto_targets(k, "y")
         self.n_features_in_ = xs.shape[1]
         p = fmap.out_features(xs.shape[1])
         if val is not None and val[0].shape[1] != xs.shape[1]:
@@ -200,7 +217,7 @@ class KRR:
             self._store(solve_primal(moments.gram, moments.cross, reg), reg, moments.n, moments.cross.shape[1], "primal")
             return
         spectral = Spectral.primal(moments.gram, moments.cross)
-        val_features = self.feature_map_(val[0])
+        val_features = checked_features(self.feature_map_, val[0], name="the validation data")
         reg = self._select_reg(spectral, val_features, val[1])
         if refit_with_val:
             # The held-out features exist already: their moments under the identity complete G and R.
@@ -211,9 +228,7 @@ class KRR:
         self._store(weights_t, reg, moments.n, moments.cross.shape[1], "primal")
 
     def _fit_svd(self, fmap, xs, targets, split, val, device) -> None:
-        x_all = to_tensor(xs, device)
-        fmap.check_input(x_all)
-        features = fmap(x_all).to(torch.float64)
+        features = checked_features(fmap, to_tensor(xs, device)).to(torch.float64)
         targets = targets.to(device)
         if self.reg != "auto":
             reg = float(self.reg)
@@ -221,11 +236,12 @@ class KRR:
             return
         if split is None:
             spectral = Spectral.svd(features, targets)
+            val_features, val_targets = checked_features(fmap, val[0], name="x_val"), val[1]
         else:
             split = split.to(device)
-            val = (x_all[split], targets[split])
+            val_features, val_targets = features[split], targets[split]
             spectral = Spectral.svd(features[~split], targets[~split])
-        reg = self._select_reg(spectral, fmap(val[0]), val[1])
+        reg = self._select_reg(spectral, val_features, val_targets)
         n = features.shape[0]
         if split is not None and self.refit:
             spectral = Spectral.svd(features, targets)
@@ -234,7 +250,7 @@ class KRR:
         self._store(spectral.weights_t(reg), reg, n, targets.shape[1], "svd")
 
     def _select_reg(self, spectral: Spectral, val_features: torch.Tensor, val_targets: torch.Tensor) -> float:
-        grid = [float(r) for r in (self.reg_grid if self.reg_grid is not None else default_reg_grid(self.feature_map_))]
+        grid = self._reg_grid_values()
         truth = val_targets.argmax(dim=1)
         weights_t = spectral.weights_t_grid(grid)
         correct = torch.zeros(len(grid), dtype=torch.int64)
@@ -259,15 +275,19 @@ class KRR:
         cls, feature_map: FeatureMap, weights: torch.Tensor, reg: float, *, n_features_in: int, n_samples: int, **params: Any
     ) -> "KRR":
         """A fitted KRR from weights (k, p) solved elsewhere, e.g. from a memory's statistics."""
+        if not isinstance(weights, torch.Tensor) or weights.ndim != 2:
+            raise ValueError(f"weights must be a tensor of shape (k, p), got {getattr(weights, 'shape', type(weights).__name__)}")
         model = cls(feature_map, reg=reg, n_classes=weights.shape[0], **params)
         model._check_params()
-        if weights.ndim != 2 or weights.shape[1] != feature_map.out_features(n_features_in):
+        n_features_in = check_int(n_features_in, "n_features_in", minimum=1)
+        n_samples = check_int(n_samples, "n_samples", minimum=1)
+        if weights.shape[1] != feature_map.out_features(n_features_in):
             raise ValueError(
                 f"weights must have shape (k, {feature_map.out_features(n_features_in)}), found {tuple(weights.shape)}"
             )
         model.feature_map_ = feature_map
         model.n_features_in_ = n_features_in
-        model._store(weights.T.to(torch.float64), float(reg), n_samples, weights.shape[0], "given")
+        model._store(weights.detach().T.to(torch.float64), float(reg), n_samples, weights.shape[0], "given")
         return model
 
     # -- prediction ---------------------------------------------------------
@@ -281,13 +301,21 @@ class KRR:
         fmap = self.feature_map_.to(device)
         weights_t = self.weights_.T.to(device)
         out = [
-            (fmap(xc).to(torch.float64) @ weights_t).cpu()
-            for xc, _ in iter_array_chunks(xs, None, self.chunk_size, device)
+            (checked_features(fmap, xc, first_row=start).to(torch.float64) @ weights_t).cpu()
+            for start, (xc, _) in zip(
+                range(0, xs.shape[0], self.chunk_size), iter_array_chunks(xs, None, self.chunk_size, device)
+            )
         ]
         return torch.cat(out)
 
     def predict(self, x: Any) -> torch.Tensor:
         """Class labels (n,) int64: argmax of the scores."""
+        self._check_fitted()
+        if self.n_classes_ < 2:
+            raise ValueError(
+                "this KRR was fitted on one target column (a regression target), so there is no class to "
+                "predict; use decision_function(x) for its values, or fit on class labels of shape (n,)"
+            )
         return self.decision_function(x).argmax(dim=1)
 
     def score(self, x: Any, y: Any) -> float:
@@ -304,24 +332,41 @@ class KRR:
         tv, _ = as_targets(eval_set[1], xv.shape[0], self.n_classes, name="y_val")
         return to_tensor(xv, device, name="x_val"), tv.to(device)
 
+    def _check_auto_targets(self, k: int, name: str) -> None:
+        if self.reg == "auto" and k < 2:
+            raise ValueError(
+                f'reg="auto" picks lambda by validation accuracy, which needs at least 2 classes, but {name} has '
+                "one target column (a regression target); pass a number as reg"
+            )
+
+    def _reg_grid_values(self) -> list[float]:
+        """The lambda candidates of reg="auto" as floats, each finite and >= 0."""
+        if self.reg_grid is None:
+            return [float(r) for r in default_reg_grid(self.feature_map_)]
+        if isinstance(self.reg_grid, (str, bytes)) or not isinstance(self.reg_grid, (Sequence, np.ndarray, torch.Tensor)):
+            raise TypeError(f"reg_grid must be a sequence of numbers >= 0, got {type(self.reg_grid).__name__}")
+        if len(self.reg_grid) == 0:
+            raise ValueError("reg_grid must be a non-empty sequence of values >= 0, got an empty one")
+        return [check_real(r, f"reg_grid[{i}]", minimum=0) for i, r in enumerate(self.reg_grid)]
+
     def _check_params(self) -> None:
         if self.feature_map is not None and not isinstance(self.feature_map, FeatureMap):
             raise TypeError(f"feature_map must be a distillmem FeatureMap, got {type(self.feature_map).__name__}")
         if isinstance(self.reg, str):
             if self.reg != "auto":
                 raise ValueError(f'reg must be a float >= 0 or "auto", got {self.reg!r}')
-        elif not (isinstance(self.reg, (int, float, np.floating)) and np.isfinite(self.reg) and self.reg >= 0):
-            raise ValueError(f'reg must be a float >= 0 or "auto", got {self.reg!r}')
-        if self.reg_grid is not None and (len(self.reg_grid) == 0 or min(self.reg_grid) < 0):
-            raise ValueError(f"reg_grid must be a non-empty sequence of values >= 0, got {self.reg_grid!r}")
-        if not isinstance(self.seed, (int, np.integer)):
-            raise TypeError(f"seed must be an integer, got {self.seed!r}")
-        if not 0 < self.val_fraction < 1:
+            if self.reg_grid is not None:
+                self._reg_grid_values()
+        else:
+            check_real(self.reg, "reg", minimum=0)
+        check_int(self.seed, "seed")
+        if not 0 < check_real(self.val_fraction, "val_fraction") < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
-        if int(self.chunk_size) < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size!r}")
+        if self.n_classes is not None:
+            check_int(self.n_classes, "n_classes", minimum=1)
+        check_int(self.chunk_size, "chunk_size", minimum=1)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "weights_"):

@@ -18,13 +18,12 @@ import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import numpy as np
 import torch
 
 from ._closed_form import refit_error, warn_if_inexact
 from ._solvers import Spectral, rank_tol
-from ._stats import iter_array_chunks, iter_batches
-from ._validation import as_samples, as_targets, is_array, resolve_device, to_tensor
+from ._stats import checked_features, iter_array_chunks, iter_batches
+from ._validation import as_samples, as_targets, check_data_args, check_int, check_real, resolve_device, to_tensor
 from .distilled_set import DistilledSet
 from .features import FeatureMap
 from .krr import KRR
@@ -77,7 +76,9 @@ class MomentMemory:
         phi, fixed for the life of the memory.
     n_classes : int
         k, the number of target columns (class-incremental streams see only
-        some classes per task).
+        some classes per task). Integer labels need k >= 2; k = 1 holds one
+        float regression target (n, 1), whose head has weights and
+        ``decision_function`` but no ``predict``.
     max_points : int, optional
         Budget r, 1 <= r <= p; None keeps the memory exact (at most
         rank <= p points).
@@ -152,17 +153,14 @@ class MomentMemory:
         memory is updated in place and returned.
         """
         self._check_params()
+        streamed = check_data_args(x, y)
         device = resolve_device(self.device)
         fmap = self.feature_map.to(device)
-        if is_array(x):
-            if y is None:
-                raise ValueError("y is required when x is an array")
+        if not streamed:
             xs = as_samples(x)
             targets, _ = as_targets(y, xs.shape[0], self.n_classes)
             chunks = iter_array_chunks(xs, targets, self.chunk_size, device)
         else:
-            if y is not None:
-                raise ValueError("y must be None when x is an iterable of (x, y) batches")
             chunks = self._split(iter_batches(x, self.n_classes, device))
         width = {"d": getattr(self, "n_features_in_", None)}
         self._absorb(self._featurize(fmap, chunks, width), device)
@@ -181,6 +179,8 @@ class MomentMemory:
         """
         memory = cls(feature_map, n_classes, **params)
         memory._check_params()
+        if n_seen is not None:
+            n_seen = check_int(n_seen, "n_seen", minimum=1)
         device = resolve_device(memory.device)
         f = as_samples(features, name="features")
         t, _ = as_targets(targets, f.shape[0], n_classes, name="targets")
@@ -248,9 +248,9 @@ class MomentMemory:
         """A new memory of at most r points, by this memory's ``shrink``; exact when r >= n_points."""
         self._check_fitted()
         self._check_params()
-        self._check_budget(r, "r")
+        r = self._check_budget(r, "r")
         compressed = self._like()
-        compressed.features_, compressed.targets_ = _shrink(self.features_, self.targets_, int(r), self.shrink)
+        compressed.features_, compressed.targets_ = _shrink(self.features_, self.targets_, r, self.shrink)
         compressed.n_seen_ = self.n_seen_
         compressed.n_features_in_ = self.n_features_in_
         return compressed
@@ -263,18 +263,18 @@ class MomentMemory:
         This is the error of ``compress(r)`` with ``shrink="truncate"``.
         """
         self._check_fitted()
-        self._check_budget(r, "r")
-        reg = _check_reg(reg)
+        r = self._check_budget(r, "r")
+        reg = check_real(reg, "reg", minimum=0)
         sq = self.features_.square().sum(dim=1)
         contrib = sq * self.targets_.square().sum(dim=1) / (sq + reg) ** 2
         total = float(contrib.sum())
-        return 0.0 if total == 0.0 else math.sqrt(float(contrib[int(r) :].sum()) / total)
+        return 0.0 if total == 0.0 else math.sqrt(float(contrib[r:].sum()) / total)
 
     # -- using the memory ---------------------------------------------------------
     def fit_krr(self, reg: float) -> KRR:
         """The KRR head at ``reg`` >= 0: its weights equal KRR on all the absorbed data."""
         self._check_fitted()
-        reg = _check_reg(reg)
+        reg = check_real(reg, "reg", minimum=0)
         return KRR.from_weights(
             self.feature_map,
             _spectral(self.features_, self.targets_).weights_t(reg).T,
@@ -309,7 +309,7 @@ class MomentMemory:
         row. ``image_shape``, ``mean`` and ``std`` are stored in the set.
         """
         self._check_fitted()
-        reg = _check_reg(reg)
+        reg = check_real(reg, "reg", minimum=0)
         fmap = self.feature_map
         if not fmap.surjective:
             raise ValueError(
@@ -359,9 +359,8 @@ class MomentMemory:
         for x, t in chunks:
             if width["d"] is not None and x.shape[1] != width["d"]:
                 raise ValueError(f"x has {x.shape[1]} features, the memory holds inputs of width {width['d']}")
-            fmap.check_input(x)
             width["d"] = x.shape[1]
-            yield fmap(x.to(torch.float64)).to(torch.float64), t.to(torch.float64)
+            yield checked_features(fmap, x.to(torch.float64)), t.to(torch.float64)
 
     def _split(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]):
         """Cut batches larger than chunk_size, so features are computed chunk by chunk."""
@@ -377,8 +376,6 @@ class MomentMemory:
         for f, t in chunks:
             if rows == 0 and self.max_points is not None:
                 self._check_budget(self.max_points, "max_points", f.shape[1])
-            if not bool(torch.isfinite(f).all()):
-                raise ValueError("the features are not finite (NaN or Inf): check the inputs' scale")
             features.append(f)
             targets.append(t)
             pending += f.shape[0]
@@ -403,24 +400,22 @@ class MomentMemory:
             chunk_size=self.chunk_size, device=self.device,
         )
 
-    def _check_budget(self, r: Any, name: str, p: int | None = None) -> None:
+    def _check_budget(self, r: Any, name: str, p: int | None = None) -> int:
         p = self.features_.shape[1] if p is None else p
-        if not (isinstance(r, (int, np.integer)) and not isinstance(r, bool) and 1 <= r <= p):
-            raise ValueError(f"{name} must be an integer in 1..p={p} (a memory never needs more than p points), got {r!r}")
+        r = check_int(r, name)
+        if not 1 <= r <= p:
+            raise ValueError(f"{name} must be an integer in 1..p={p} (a memory never needs more than p points), got {r}")
+        return r
 
     def _check_params(self) -> None:
         if not isinstance(self.feature_map, FeatureMap):
             raise TypeError(f"feature_map must be a distillmem FeatureMap, got {type(self.feature_map).__name__}")
-        if not (isinstance(self.n_classes, (int, np.integer)) and self.n_classes >= 1):
-            raise ValueError(f"n_classes must be an integer >= 1, got {self.n_classes!r}")
-        if self.max_points is not None and not (
-            isinstance(self.max_points, (int, np.integer)) and not isinstance(self.max_points, bool) and self.max_points >= 1
-        ):
-            raise ValueError(f"max_points must be None or an integer >= 1, got {self.max_points!r}")
+        check_int(self.n_classes, "n_classes", minimum=1)
+        if self.max_points is not None:
+            check_int(self.max_points, "max_points", minimum=1)
         if self.shrink not in SHRINKS:
             raise ValueError(f"shrink must be one of {SHRINKS}, got {self.shrink!r}")
-        if not (isinstance(self.chunk_size, (int, np.integer)) and self.chunk_size >= 1):
-            raise ValueError(f"chunk_size must be an integer >= 1, got {self.chunk_size!r}")
+        check_int(self.chunk_size, "chunk_size", minimum=1)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "features_"):
@@ -474,12 +469,6 @@ def _procrustes(features: torch.Tensor, reference: torch.Tensor) -> torch.Tensor
     """P (m', r) with P^T P = I minimising ||P F - F_ref||_F: P = A B^T from F_ref F^T = A diag B^T."""
     left, _, right_t = torch.linalg.svd(reference @ features.T, full_matrices=False)
     return left @ right_t
-
-
-def _check_reg(reg: Any) -> float:
-    if isinstance(reg, bool) or not (isinstance(reg, (int, float, np.floating, np.integer)) and np.isfinite(reg) and reg >= 0):
-        raise ValueError(f"reg must be a finite float >= 0, got {reg!r}")
-    return float(reg)
 
 
 def _input_width(fmap: FeatureMap, p: int) -> int:

@@ -237,19 +237,19 @@ def test_widening_maps_have_no_preimage(fmap, width):
 
 @pytest.mark.parametrize("slope", [0.0, -0.1, float("nan")])
 def test_fcnn_rejects_non_positive_slope(slope):
-    with pytest.raises(ValueError, match="negative_slope must be > 0"):
+    with pytest.raises(ValueError, match="negative_slope must be (> 0|a finite number)"):
         RandomFCNN(D, negative_slope=slope)
 
 
 @pytest.mark.parametrize("widths", [(), [], (10, 0), (-3,)])
 def test_fcnn_rejects_bad_widths(widths):
-    with pytest.raises(ValueError, match="widths must be a non-empty sequence of positive ints"):
+    with pytest.raises(ValueError, match=r"widths must be a non-empty sequence of positive ints|widths\[\d\] must be >= 1"):
         RandomFCNN(D, widths=widths)
 
 
 @pytest.mark.parametrize("sigma", [0.0, -1.0, float("nan")])
 def test_rff_rejects_non_positive_sigma(sigma):
-    with pytest.raises(ValueError, match="sigma must be > 0"):
+    with pytest.raises(ValueError, match="sigma must be (> 0|a finite number)"):
         RandomFourier(D, sigma=sigma)
 
 

@@ -341,19 +341,27 @@ def test_from_features_rebuilds_a_sent_memory(make_problem, rel_err):
 # -- bad input ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("r", [0, P + 1, 2.5, True])
-def test_compress_rejects_r_outside_1_to_p(make_problem, r):
+@pytest.mark.parametrize(
+    "r, error, message",
+    [
+        (0, ValueError, r"r must be an integer in 1\.\.p=40"),
+        (P + 1, ValueError, r"r must be an integer in 1\.\.p=40"),
+        (2.5, TypeError, "r must be an integer, got 2.5"),
+        (True, TypeError, "r must be an integer, got True"),
+    ],
+)
+def test_compress_rejects_r_outside_1_to_p(make_problem, r, error, message):
     x, y = make_problem(n=300)
     memory = memory_of(Identity(), x, y)
-    with pytest.raises(ValueError, match=r"r must be an integer in 1\.\.p=40"):
+    with pytest.raises(error, match=message):
         memory.compress(r)
-    with pytest.raises(ValueError, match=r"r must be an integer in 1\.\.p=40"):
+    with pytest.raises(error, match=message):
         memory.truncation_error(r, 1.0)
 
 
 @pytest.mark.parametrize(
     "max_points, message",
-    [(0, "max_points must be None or an integer >= 1"), (P + 1, r"max_points must be an integer in 1\.\.p=40")],
+    [(0, "max_points must be >= 1, got 0"), (P + 1, r"max_points must be an integer in 1\.\.p=40")],
 )
 def test_update_rejects_max_points_outside_1_to_p(make_problem, max_points, message):
     x, y = make_problem(n=300)
@@ -406,7 +414,7 @@ def test_bad_parameters_are_named(make_problem, params, message):
     x, y = make_problem(n=30)
     memory = MomentMemory(Identity(), 4, **params)
     if not params:
-        with pytest.raises(ValueError, match="y must be None"):
+        with pytest.raises(TypeError, match="with y=None"):
             memory.update([(x, y)], y)
         with pytest.raises(RuntimeError, match="empty"):
             memory.fit_krr(1.0)
@@ -418,8 +426,12 @@ def test_bad_parameters_are_named(make_problem, params, message):
 def test_reg_must_be_finite_and_non_negative(make_problem):
     x, y = make_problem(n=30)
     memory = memory_of(Identity(), x, y)
-    for reg in (-1.0, float("inf"), "auto"):
-        with pytest.raises(ValueError, match="reg must be a finite float >= 0"):
+    for reg, error, message in [
+        (-1.0, ValueError, "reg must be >= 0"),
+        (float("inf"), ValueError, "reg must be a finite number"),
+        ("auto", TypeError, "reg must be a real number"),
+    ]:
+        with pytest.raises(error, match=message):
             memory.fit_krr(reg)
 
 

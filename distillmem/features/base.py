@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from .._validation import check_int
 
 _REGISTRY: dict[str, type["FeatureMap"]] = {}
 
@@ -110,6 +113,19 @@ def from_spec(spec: dict[str, Any]) -> FeatureMap:
     if spec.get("seed") is not None:
         params["seed"] = spec["seed"]
     return cls(**params)
+
+
+def layer_widths(in_features: Any, widths: Any) -> tuple[int, tuple[int, ...]]:
+    """(d, (d_1, ..., d_L)) as plain ints >= 1; ``widths=None`` is one layer of width d.
+
+    Plain ints (not numpy integers) keep ``spec()`` JSON-able.
+    """
+    in_features = check_int(in_features, "in_features", minimum=1)
+    if widths is None:
+        return in_features, (in_features,)
+    if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence) or len(widths) == 0:
+        raise ValueError(f"widths must be a non-empty sequence of positive ints, got {widths!r}")
+    return in_features, tuple(check_int(w, f"widths[{i}]", minimum=1) for i, w in enumerate(widths))
 
 
 def check_width(x: torch.Tensor, expected: int, owner: str) -> None:

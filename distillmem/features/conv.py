@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .._validation import check_int, check_real
 from .base import FeatureMap, check_width
 
 #: Overlapping layers whose (p, d) operator has at most this many entries are
@@ -117,8 +118,8 @@ class RandomConv(FeatureMap):
         kernels = _per_layer(kernel_size, n_layers, "kernel_size", 1)
         strides = kernels if stride is None else _per_layer(stride, n_layers, "stride", 1)
         paddings = _per_layer(padding, n_layers, "padding", 0)
-        if not negative_slope > 0:
-            raise ValueError(f"negative_slope must be > 0 for the map to be invertible, got {negative_slope!r}")
+        # > 0 keeps the map invertible.
+        negative_slope = check_real(negative_slope, "negative_slope", positive=True)
         for k, pad in zip(kernels, paddings):
             if pad >= k:
                 raise ValueError(f"padding {pad} >= kernel_size {k} makes outputs that see only padding")
@@ -127,9 +128,9 @@ class RandomConv(FeatureMap):
         self.kernel_size = kernels
         self.stride = strides
         self.padding = paddings
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = negative_slope
         self.in_features = math.prod(shape)
-        self._seed = int(seed)
+        self._seed = check_int(seed, "seed")
 
         # Shapes (C_l, H_l, W_l) of every layer's input, then of the output.
         self.shapes = [shape]

@@ -7,7 +7,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from .base import FeatureMap, check_width
+from .._validation import check_int, check_real
+from .base import FeatureMap, check_width, layer_widths
 
 
 class RandomFCNN(FeatureMap):
@@ -40,17 +41,12 @@ class RandomFCNN(FeatureMap):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if in_features < 1:
-            raise ValueError(f"in_features must be >= 1, got {in_features!r}")
-        widths = (in_features,) if widths is None else tuple(int(w) for w in widths)
-        if not widths or min(widths) < 1:
-            raise ValueError(f"widths must be a non-empty sequence of positive ints, got {widths!r}")
-        if not negative_slope > 0:
-            raise ValueError(f"negative_slope must be > 0 for the map to be invertible, got {negative_slope!r}")
+        in_features, widths = layer_widths(in_features, widths)
+        # > 0 keeps the map invertible.
+        self.negative_slope = check_real(negative_slope, "negative_slope", positive=True)
         self.in_features = in_features
         self.widths = widths
-        self.negative_slope = float(negative_slope)
-        self._seed = int(seed)
+        self._seed = check_int(seed, "seed")
         gen = torch.Generator().manual_seed(self._seed)
         fan_ins = (in_features,) + widths[:-1]
         for i, (fan_in, width) in enumerate(zip(fan_ins, widths)):

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from .._validation import check_int, check_real
 from .base import FeatureMap, check_width
 
 # arccos is ill-conditioned at +-1, so rescaled features stop this far inside.
@@ -42,17 +43,14 @@ class RandomFourier(FeatureMap):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        out_features = in_features if out_features is None else int(out_features)
-        if in_features < 1 or out_features < 1:
-            raise ValueError(f"in_features and out_features must be >= 1, got {in_features!r}, {out_features!r}")
-        if not sigma > 0:
-            raise ValueError(f"sigma must be > 0, got {sigma!r}")
+        in_features = check_int(in_features, "in_features", minimum=1)
+        out_features = in_features if out_features is None else check_int(out_features, "out_features", minimum=1)
         self.in_features = in_features
         self.p = out_features
-        self.sigma = float(sigma)
-        self._seed = int(seed)
+        self.sigma = check_real(sigma, "sigma", positive=True)
+        self._seed = check_int(seed, "seed")
         gen = torch.Generator().manual_seed(self._seed)
-        self.register_buffer("freqs", torch.randn(out_features, in_features, generator=gen, dtype=torch.float64) / sigma)
+        self.register_buffer("freqs", torch.randn(out_features, in_features, generator=gen, dtype=torch.float64) / self.sigma)
         self.register_buffer("phases", math.pi * torch.rand(out_features, generator=gen, dtype=torch.float64))
 
     def out_features(self, in_features: int) -> int:

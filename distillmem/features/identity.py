@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from .._validation import check_int
 from .base import FeatureMap, check_width
 
 
@@ -22,9 +23,7 @@ class Identity(FeatureMap):
 
     def __init__(self, in_features: int | None = None) -> None:
         super().__init__()
-        if in_features is not None and in_features < 1:
-            raise ValueError(f"in_features must be >= 1, got {in_features!r}")
-        self.in_features = in_features
+        self.in_features = None if in_features is None else check_int(in_features, "in_features", minimum=1)
 
     def out_features(self, in_features: int) -> int:
         return in_features

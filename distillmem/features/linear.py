@@ -11,13 +11,13 @@ Range(M) and m = k points suffice.
 
 from __future__ import annotations
 
-import operator
 from typing import Any, Sequence
 
 import torch
 
 from .._solvers import pinv
-from .base import FeatureMap, check_width
+from .._validation import check_int
+from .base import FeatureMap, check_width, layer_widths
 
 #: Default tolerance on ||(I - M M^+) W^T||_F / ||W^T||_F in distill_deep_linear.
 RANGE_TOLERANCE = 1e-8
@@ -51,15 +51,10 @@ class RandomLinear(FeatureMap):
 
     def __init__(self, in_features: int, widths: Sequence[int] | None = None, seed: int = 0) -> None:
         super().__init__()
-        if not (_is_int(in_features) and in_features >= 1):
-            raise ValueError(f"in_features must be an int >= 1, got {in_features!r}")
-        in_features = int(in_features)
-        widths = (in_features,) if widths is None else tuple(int(w) for w in widths)
-        if not widths or min(widths) < 1:
-            raise ValueError(f"widths must be a non-empty sequence of positive ints, got {widths!r}")
+        in_features, widths = layer_widths(in_features, widths)
         self.in_features = in_features
         self.widths = widths
-        self._seed = int(seed)
+        self._seed = check_int(seed, "seed")
         gen = torch.Generator().manual_seed(self._seed)
         fan_ins = (in_features,) + widths[:-1]
         composed = torch.eye(in_features, dtype=torch.float64)
@@ -105,13 +100,3 @@ class RandomLinear(FeatureMap):
 
     def spec_params(self) -> dict[str, Any]:
         return {"in_features": self.in_features, "widths": list(self.widths)}
-
-
-def _is_int(value: Any) -> bool:
-    if isinstance(value, bool):
-        return False
-    try:
-        operator.index(value)
-    except TypeError:
-        return False
-    return True

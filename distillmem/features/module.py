@@ -25,10 +25,10 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
+from .._validation import check_int, check_real
 from .base import FeatureMap, check_width
 
 OPTIMIZERS = ("lbfgs", "adam")
@@ -118,30 +118,24 @@ class ModuleMap(FeatureMap):
             )
         if not isinstance(module, nn.Module):
             raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
-        if in_features is None or not (isinstance(in_features, (int, np.integer)) and in_features >= 1):
-            raise ValueError(f"in_features must be an int >= 1, got {in_features!r}")
-        in_features = int(in_features)
-        shape = (in_features,) if input_shape is None else tuple(int(s) for s in input_shape)
+        in_features = check_int(in_features, "in_features", minimum=1)
+        shape = (in_features,) if input_shape is None else tuple(
+            check_int(s, f"input_shape[{i}]", minimum=1) for i, s in enumerate(input_shape)
+        )
         if math.prod(shape) != in_features:
             raise ValueError(f"input_shape {tuple(input_shape)} has {math.prod(shape)} entries, in_features is {in_features}")
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-        if not (isinstance(steps, (int, np.integer)) and steps >= 1):
-            raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-        if lr is not None and not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr!r}")
-        if not init_scale > 0:
-            raise ValueError(f"init_scale must be > 0, got {init_scale!r}")
         module.requires_grad_(False)
         module.eval()
         self.module = module
         self.in_features = in_features
         self.input_shape = shape
-        self.steps = int(steps)
-        self.lr = None if lr is None else float(lr)
+        self.steps = check_int(steps, "steps", minimum=1)
+        self.lr = None if lr is None else check_real(lr, "lr", positive=True)
         self.optimizer = optimizer
-        self.init_scale = float(init_scale)
-        self._seed = int(seed)
+        self.init_scale = check_real(init_scale, "init_scale", positive=True)
+        self._seed = check_int(seed, "seed")
         self._fingerprint: str | None = None
         self.p = self._probe(out_features)
         self.last_residual_: float | None = None
@@ -159,7 +153,7 @@ class ModuleMap(FeatureMap):
             out1 = self._run(x1, check=True)
         out2 = self._run(x2, check=True).detach()
         p = out1.shape[1]
-        if out_features is not None and int(out_features) != p:
+        if out_features is not None and check_int(out_features, "out_features", minimum=1) != p:
             raise ValueError(f"the module maps (n, {self.in_features}) inputs to {p} features per sample, not out_features={out_features}")
         if not bool(torch.isfinite(out1).all() and torch.isfinite(out2).all()):
             raise ValueError("the module returns NaN or Inf on standard normal inputs")
@@ -253,13 +247,11 @@ class ModuleMap(FeatureMap):
         ``features``; the residual is measured in the module's dtype.
         """
         check_width(features, self.p, "ModuleMap.preimage")
-        steps = self.steps if steps is None else int(steps)
+        steps = self.steps if steps is None else check_int(steps, "steps", minimum=1)
         optimizer = self.optimizer if optimizer is None else optimizer
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps!r}")
-        lr = lr if lr is not None else self.lr if self.lr is not None else _DEFAULT_LR[optimizer]
+        lr = check_real(lr, "lr", positive=True) if lr is not None else self.lr if self.lr is not None else _DEFAULT_LR[optimizer]
         m = features.shape[0]
         dtype = self.compute_dtype or features.dtype
         device = self._module_device() if self.compute_dtype is not None else features.device
