@@ -1,32 +1,82 @@
-"""Command line: ``distillmem distill | eval | show``."""
+"""Command line: ``distillmem distill | eval | show``.
+
+A user error (a bad argument, a missing, unreadable or malformed file, an
+output that would overwrite an input or another output) is one line on stderr
+and exit status 2; outputs are checked before any work starts.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from .data import DATASETS
+from ._io import output_target
+from ._validation import check_int, check_real, resolve_device
+from .data import DATASETS, dataset_files
 from .viz import CONTRASTS
+
+# What a user's input or environment can cause; anything else is a bug and keeps its traceback.
+_USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError)
+
+
+class _UsageError(Exception):
+    """A command-line argument argparse rejected."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # argparse prints the usage and exits; report it as one line like every other error.
+        raise _UsageError(f"{message} (see {self.prog} --help)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
     try:
+        args = _parser().parse_args(argv)
         return args.command(args)
-    except (ValueError, TypeError, FileNotFoundError, IsADirectoryError, RuntimeError) as exc:
-        print(f"distillmem: error: {exc}", file=sys.stderr)
+    except (_UsageError, *_USER_ERRORS) as exc:
+        print(f"distillmem: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+
+
+def _check_outputs(outputs: list[Path], inputs: list[Path]) -> None:
+    """Refuse outputs that cannot be written, that are an input, or that are the same file as each other.
+
+    Paths are compared after following symlinks, and existing files by inode, so
+    a link or a hard link to an input is refused too.
+    """
+    targets: list[tuple[Path, Path]] = []
+    for out in outputs:
+        target = output_target(out)
+        for source in inputs:
+            if _same_file(target, source):
+                raise ValueError(f"output {out} is the input {source}; refusing to overwrite it")
+        for other, other_target in targets:
+            if _same_file(target, other_target):
+                raise ValueError(f"outputs {other} and {out} are the same file; give them different paths")
+        targets.append((out, target))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet
+        return False
 
 
 def _distill(args: argparse.Namespace) -> int:
     from .protocol import run_protocol
     from .viz import save_image_grid
 
+    outputs = [args.out] if args.png is None else [args.out, args.png]
+    _check_outputs(outputs, dataset_files(args.dataset, args.data))
+    resolve_device(args.device)
     result = run_protocol(
         args.dataset, args.data, feature_map=args.feature_map, ipc=args.ipc, seed=args.seed, init=args.init,
-        reg=_reg(args.reg), reg_s=_reg(args.reg_s), device=args.device, progress=not args.quiet,
+        reg=args.reg, reg_s=args.reg_s, device=args.device, progress=not args.quiet,
     )
     distilled = result.distilled
     distilled.save(args.out)
@@ -54,6 +104,7 @@ def _eval(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .distilled_set import DistilledSet
 
+    resolve_device(args.device)
     distilled = DistilledSet.load(args.file)
     name = args.dataset or distilled.provenance.dataset
     if name is None:
@@ -75,8 +126,9 @@ def _show(args: argparse.Namespace) -> int:
     from .distilled_set import DistilledSet
     from .viz import save_image_grid
 
+    out = args.out or args.file.with_suffix(".png")
+    _check_outputs([out], [args.file])
     distilled = DistilledSet.load(args.file)
-    out = args.out or Path(args.file).with_suffix(".png")
     save_image_grid(distilled.images(), out, distilled.n_classes, args.contrast)
     print(f"wrote {out}: {len(distilled)} points, one column per class, {args.contrast} contrast")
     return 0
@@ -88,28 +140,40 @@ def _print_rows(rows: list[tuple[str, str]]) -> None:
         print(f"{key:<{width}}  {value}")
 
 
-def _reg(text: str) -> float | str:
-    if text in ("auto", "bound"):
-        return text
+def _lambda(word: str):
+    """An argparse type for a lambda: a finite number >= 0, or ``word``."""
+
+    def parse(text: str) -> float | str:
+        if text == word:
+            return text
+        try:
+            return check_real(float(text), "lambda", minimum=0.0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number >= 0 or {word!r}, got {text!r}") from None
+
+    return parse
+
+
+def _ipc(text: str) -> int:
     try:
-        return float(text)
+        return check_int(int(text), "ipc", minimum=1)
     except ValueError:
-        raise ValueError(f"expected a number, 'auto' or 'bound', got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"ipc must be an integer >= 1, got {text!r}") from None
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="distillmem", description=__doc__)
+    parser = _Parser(prog="distillmem", description=__doc__)
     commands = parser.add_subparsers(required=True, metavar="command")
 
     distill = commands.add_parser("distill", help="distil a dataset and report the original and distilled accuracy")
     distill.add_argument("--dataset", default="digits", choices=DATASETS, help="default: digits, embedded, no network")
     distill.add_argument("--data", metavar="PATH", help="a .npz file, a folder of IDX files or a torchvision root")
     distill.add_argument("--feature-map", default="fcnn", choices=("identity", "fcnn", "rff"))
-    distill.add_argument("--ipc", type=int, default=10, help="points per class (default 10)")
+    distill.add_argument("--ipc", type=_ipc, default=10, help="points per class (default 10)")
     distill.add_argument("--init", default="real", choices=("noise", "real"),
                          help="start from real points (default; they stay close to them) or from noise")
-    distill.add_argument("--reg", default="auto", help="lambda of the original model, or 'auto' (default)")
-    distill.add_argument("--reg-s", default="0", help="lambda of the distilled model, or 'bound' (default 0)")
+    distill.add_argument("--reg", type=_lambda("auto"), default="auto", help="lambda of the original model, or 'auto' (default)")
+    distill.add_argument("--reg-s", type=_lambda("bound"), default=0.0, help="lambda of the distilled model, or 'bound' (default 0)")
     distill.add_argument("--seed", type=int, default=0)
     distill.add_argument("--device", default=None, help="cpu (default) or cuda")
     distill.add_argument("--out", type=Path, default=Path("distilled.dm"), help="default: distilled.dm")
