@@ -1,6 +1,6 @@
 """Closed-form distillation with the random convolutional feature map (RandomConv) on MNIST-like data.
 
-The paper has no CNN experiment (theory.md section 6, CNN recipe). This runs
+The paper has no CNN experiment (docs/theory.md §6.2, the convolution recipe). This runs
 its protocol (section 9: KRR with lambda chosen on a seeded 5% split and not
 refitted, distil, recompute phi on the recovered points, refit, test) with
 three conv maps of width p = 784 = d, plus the one-layer FCNN of the paper
@@ -16,34 +16,25 @@ The teacher is fitted once per dataset and map; "distil (s)" is the time of
 KRRDistiller.fit (target features, preimage, refit check) and "total (s)" is
 teacher fit + distillation + both test evaluations for that row.
 
-    python experiments/conv_map.py                  # MNIST and Fashion-MNIST
-    python experiments/conv_map.py --datasets mnist --ipcs 10
+    python experiments/conv_map.py --data mnist=path/to/mnist.npz fashion-mnist=path/to/fashion-mnist
+    python experiments/conv_map.py --data digits --ipcs 10 --out /tmp/x      # embedded 8x8 digits, seconds
+    python experiments/conv_map.py --report-only
 
-Writes experiments/results/conv_map.{md,json} atomically.
+Writes experiments/results/conv_map.{md,json} atomically; the README block conv_map.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-import torch
+import harness
 
 from distillmem import KRR, KRRDistiller
-from distillmem._io import atomic_write_bytes
-from distillmem.data import load_dataset
+from distillmem.data import DATASETS, load_dataset
 from distillmem.features import RandomConv, RandomFCNN
-
-REPO = Path(__file__).resolve().parents[1]
-DATA = {
-    "mnist": REPO.parent / "shared" / "data" / "mnist.npz",
-    "fashion-mnist": Path("/usr/share/datasets/fashion-mnist"),
-}
 
 
 def make_map(name: str, image_shape: tuple[int, int, int], seed: int):
@@ -60,18 +51,15 @@ def make_map(name: str, image_shape: tuple[int, int, int], seed: int):
 
 
 MAPS = ("conv-k2", "conv-k2x2", "conv-k4s2", "fcnn")
+DATASET_NAMES = {"digits": "digits", "mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
 
 
-def accuracy(pred: torch.Tensor, truth: torch.Tensor) -> float:
-    return float((pred == truth).to(torch.float64).mean())
-
-
-def run_dataset(name: str, maps: list[str], ipcs: list[int], inits: list[str], seed: int) -> list[dict]:
+def run_dataset(name: str, root: Path | None, maps: list[str], ipcs: list[int], inits: list[str], seed: int) -> list[dict]:
     t0 = time.perf_counter()
-    data = load_dataset(name, DATA[name])
+    data = load_dataset(name, root)
     load_s = time.perf_counter() - t0
     rows = []
-    for map_name in maps:
+    for map_name in harness.progress(maps, name):
         fmap = make_map(map_name, data.image_shape, seed)
         load_before = os.getloadavg()[0]
         t0 = time.perf_counter()
@@ -80,7 +68,7 @@ def run_dataset(name: str, maps: list[str], ipcs: list[int], inits: list[str], s
         t0 = time.perf_counter()
         original_pred = teacher.predict(data.x_test)
         original_eval_s = time.perf_counter() - t0
-        original = accuracy(original_pred, data.y_test)
+        original = harness.accuracy(original_pred, data.y_test)
         for ipc in ipcs:
             for init in inits:
                 t0 = time.perf_counter()
@@ -102,8 +90,8 @@ def run_dataset(name: str, maps: list[str], ipcs: list[int], inits: list[str], s
                     "n_train": teacher.n_samples_,
                     "reg": teacher.reg_,
                     "original_accuracy": original,
-                    "distilled_accuracy": accuracy(student_pred, data.y_test),
-                    "agreement": accuracy(student_pred, original_pred),
+                    "distilled_accuracy": harness.accuracy(student_pred, data.y_test),
+                    "agreement": harness.accuracy(student_pred, original_pred),
                     "recovery_error": distiller.recovery_error_,
                     "load_seconds": load_s,
                     "teacher_seconds": teacher_s,
@@ -122,7 +110,8 @@ def run_dataset(name: str, maps: list[str], ipcs: list[int], inits: list[str], s
     return rows
 
 
-def markdown(rows: list[dict], command: str, machine: str) -> str:
+def markdown(payload: dict) -> str:
+    rows, command, machine = payload["runs"], payload["command"], payload["machine"]
     lines = [
         "## Closed-form distillation with a random convolutional feature map (RandomConv)",
         "",
@@ -157,30 +146,55 @@ def markdown(rows: list[dict], command: str, machine: str) -> str:
     return "\n".join(lines)
 
 
+def readme(payload: dict) -> str:
+    rows = payload["runs"]
+    conv = [r for r in rows if r["map"].startswith("conv")]
+    datasets = " and ".join(DATASET_NAMES.get(d, d) for d in dict.fromkeys(r["dataset"] for r in conv))
+    widths = " or ".join(str(p) for p in sorted({r["p"] for r in conv}))
+    agreement = min(r["agreement"] for r in conv)
+    return (
+        f"`RandomConv` with p = {widths} distils exactly on {datasets} (`{payload['command']}` on {payload['machine']}). "
+        f"Over {len({r['map'] for r in conv})} convolutional maps, IPC {' / '.join(str(i) for i in sorted({r['ipc'] for r in conv}))} "
+        f"and {' and '.join(sorted({r['init'] for r in conv}))} init, the weight error is ≤ "
+        f"{harness.sci(max(r['recovery_error'] for r in conv))}, and the distilled model makes the same predictions "
+        f"as the original on {harness.same_share(agreement)} of test points."
+    )
+
+
+def _datasets(pairs: list[str]) -> dict[str, Path | None]:
+    """``NAME=PATH`` pairs (or a bare ``digits``) as {dataset: path}."""
+    out = {}
+    for pair in pairs:
+        name, _, path = pair.partition("=")
+        if name not in DATASETS or name.startswith("cifar"):
+            raise ValueError(f"--data {pair!r}: the dataset must be one of digits, mnist, fashion-mnist")
+        if (name == "digits") != (not path):
+            raise ValueError(f"--data {pair!r}: give NAME=PATH, or digits alone (it is embedded)")
+        out[name] = Path(path) if path else None
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", nargs="+", default=list(DATA), choices=list(DATA))
+    parser = harness.parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--data", nargs="+", default=[], metavar="NAME=PATH",
+                        help="datasets to run, e.g. mnist=path/to/mnist.npz fashion-mnist=path/to/idx-folder, or digits")
     parser.add_argument("--maps", nargs="+", default=list(MAPS), choices=MAPS)
     parser.add_argument("--ipcs", nargs="+", type=int, default=[1, 10, 50])
     parser.add_argument("--inits", nargs="+", default=["noise", "real"], choices=["noise", "real"])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=REPO / "experiments" / "results")
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    command = "python " + " ".join(["experiments/conv_map.py", *(argv if argv is not None else sys.argv[1:])])
-    machine = (
-        f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}, CPU; {time.strftime('%Y-%m-%d')}"
-    )
-    rows = []
-    for name in args.datasets:
-        rows += run_dataset(name, args.maps, args.ipcs, args.inits, args.seed)
-    text = markdown(rows, command, machine)
-    atomic_write_bytes(args.out / "conv_map.md", text.encode())
-    payload = {"command": command, "machine": machine, "torch": torch.__version__, "runs": rows}
-    atomic_write_bytes(args.out / "conv_map.json", json.dumps(payload, indent=1).encode())
-    print(text)
-    return 0
+    try:
+        roots = _datasets(args.data)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if not roots and not args.report_only:
+        parser.error("--data is required to measure: NAME=PATH for each dataset (or pass --report-only)")
+
+    def measure() -> dict:
+        runs = [row for name, root in roots.items() for row in run_dataset(name, root, args.maps, args.ipcs, args.inits, args.seed)]
+        return {"runs": runs}
+
+    return harness.Report(__file__, "conv_map", args.out, argv).run(args.report_only, measure, markdown, readme)
 
 
 if __name__ == "__main__":

@@ -11,41 +11,35 @@ accuracy (the paper's timing protocol). KIP runs for a fixed, small step
 budget; its time per step is also extrapolated linearly to the paper's 30,000
 steps (an extrapolation, not a measurement).
 
-    python experiments/kip_comparison.py                       # ../shared/data/mnist.npz, 150 KIP steps
-    python experiments/kip_comparison.py --kip-steps 500 --ipcs 1 10
+    python experiments/kip_comparison.py --data path/to/mnist.npz               # 150 KIP steps
+    python experiments/kip_comparison.py --data path/to/mnist.npz --kip-steps 500 --ipcs 1 10
+    python experiments/kip_comparison.py --report-only
 
-Writes experiments/results/kip_comparison.{md,json}.
+Writes experiments/results/kip_comparison.{md,json}; the README block kip_comparison.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
-import shlex
 import sys
 import time
 from pathlib import Path
 
-import torch
+import harness
 
 from distillmem import KRR, DistilledSet
-from distillmem._io import atomic_write_bytes
 from distillmem.baselines import KIP_PAPER_STEPS, herding, kip, random_subset
 from distillmem.data import load_dataset, train_val_split
 from distillmem.protocol import make_feature_map, run_protocol
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "mnist.npz"
 DEFAULT_STEPS = 150
 # Table 4 of the paper (MNIST, FCNN, 4 seeds, A5000 GPU seconds): IPC -> (KIP acc, KIP s, ours acc, ours s).
 PAPER_TABLE4 = {1: (93.44, 159, 93.72, 16), 10: (93.75, 554, 93.69, 16), 50: (93.72, 3114, 93.62, 16)}
 METHODS = ("closed form", "random", "herding", "KIP")
 
 
-def _accuracy(s: DistilledSet, x_test: torch.Tensor, y_test: torch.Tensor) -> float:
-    return float((s.fit_krr().predict(x_test) == y_test).to(torch.float64).mean())
+def _accuracy(s: DistilledSet, x_test, y_test) -> float:
+    return harness.accuracy(s.fit_krr().predict(x_test), y_test)
 
 
 def run_baseline(method: str, root: Path, ipc: int, seed: int, teacher: KRR, steps: int) -> dict:
@@ -105,16 +99,16 @@ def run_closed_form(root: Path, ipc: int, seed: int) -> dict:
     }
 
 
-def markdown(rows: list[dict], meta: dict) -> str:
+def markdown(payload: dict) -> str:
+    rows, meta = payload["runs"], payload["meta"]
     steps = meta["kip_steps"]
     lines = [
         "## MNIST: closed-form distillation vs random subset, herding and KIP (FCNN map, KRR evaluation)",
         "",
-        f"Command: `{meta['command']}`",
+        f"Command: `{payload['command']}`",
         "",
-        f"Machine: {meta['machine']}; torch {meta['torch']}, {meta['torch_threads']} threads; "
-        f"load average {meta['load_before'][0]:.1f} before, {meta['load_after'][0]:.1f} after "
-        f"(the CPU was shared with other processes, so times are upper bounds). {meta['date']}.",
+        f"Machine: {payload['machine']}; load average {meta['load_before'][0]:.1f} before, "
+        f"{meta['load_after'][0]:.1f} after (the CPU was shared with other processes, so times are upper bounds).",
         "",
         f"Protocol: seed {meta['seed']}, 95/5 split of the 60k training images (pool n = {meta['n_pool']}), "
         f"FCNN map (one LeakyReLU(0.1) layer, p = d = 784), KRR head refitted on each set with the set's "
@@ -176,48 +170,57 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="MNIST .npz, IDX folder or torchvision root")
-    parser.add_argument("--ipcs", nargs="+", type=int, default=[1, 10, 50])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--kip-steps", type=int, default=DEFAULT_STEPS)
-    parser.add_argument("--out", type=Path, default=REPO / "experiments" / "results")
-    args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    argv_used = sys.argv[1:] if argv is None else argv
-    command = shlex.join(["python", "experiments/kip_comparison.py", *argv_used])
+def readme(payload: dict) -> str:
+    rows, meta = payload["runs"], payload["meta"]
+    ipcs, steps = meta["ipcs"], meta["kip_steps"]
+    closed = [r for r in rows if r["method"] == "closed form"]
+    names = {"closed form": f"closed form, {harness.span([r['seconds'] for r in closed], '.1f')} s",
+             "KIP": f"KIP, {steps} steps", "herding": "herding", "random": "random"}
+    lines = [f"MNIST with FCNN features, IPC {' / '.join(map(str, ipcs))}, all evaluated by refitting a KRR head on "
+             f"the set: `{payload['command']}` on {payload['machine']}.",
+             "", "| method | " + " | ".join(f"IPC {i}" for i in ipcs) + " |", "|---|" + "---|" * len(ipcs)]
+    for method in ("closed form", "KIP", "herding", "random"):
+        cells = [next((f"{100 * r['test_accuracy']:.2f}" for r in rows if r["method"] == method and r["ipc"] == i), "-")
+                 for i in ipcs]
+        lines.append(f"| {names[method]} | " + " | ".join(cells) + " |")
+    pairs = [(c, k) for c in closed for k in rows if k["method"] == "KIP" and k["ipc"] == c["ipc"]]
+    if pairs:
+        measured = [k["seconds"] / c["seconds"] for c, k in pairs]
+        extrapolated = [k["extrapolated_paper_seconds"] / c["seconds"] for c, k in pairs]
+        lines += [
+            "",
+            f"- At {steps} steps the closed form is {harness.span(measured, '.0f')}× faster than KIP.",
+            f"- Extrapolated from the measured cost per step to the paper's {KIP_PAPER_STEPS:,} steps, the speed-up "
+            f"would be {harness.span([float(f'{x:.2g}') for x in extrapolated], ',.0f')}×. This figure is an extrapolation, not a measurement.",
+        ]
+    return "\n".join(lines)
+
+
+def measure(args) -> dict:
     total_start = time.perf_counter()
     load_before = os.getloadavg()
-
     # The original model (as in run_protocol), fitted once to measure every set's weight error; not timed.
     print("fitting the original model ...", flush=True)
     data = load_dataset("mnist", args.data)
     fmap = make_feature_map("fcnn", data.n_features, args.seed)
     teacher = KRR(fmap, reg="auto", seed=args.seed, refit=False, n_classes=data.n_classes).fit(data.x_train, data.y_train)
-    original = float((teacher.predict(data.x_test) == data.y_test).to(torch.float64).mean())
+    original = harness.accuracy(teacher.predict(data.x_test), data.y_test)
     print(f"original model: lambda {teacher.reg_:.3g}, test accuracy {100 * original:.2f}%", flush=True)
     del data
 
     rows = []
-    for ipc in args.ipcs:
-        for method in METHODS:
-            if method == "closed form":
-                row = run_closed_form(args.data, ipc, args.seed)
-            else:
-                row = run_baseline(method, args.data, ipc, args.seed, teacher, args.kip_steps)
-            rows.append(row)
-            extra = f"  {row['step_seconds']:.3f} s/step" if method == "KIP" else ""
-            print(f"ipc {ipc:>3} {method:>11}: test {100 * row['test_accuracy']:.2f}%  {row['seconds']:.1f} s  "
-                  f"weight error {row['recovery_error']:.2e}{extra}", flush=True)
+    for ipc, method in harness.progress([(i, m) for i in args.ipcs for m in METHODS], "runs"):
+        if method == "closed form":
+            row = run_closed_form(args.data, ipc, args.seed)
+        else:
+            row = run_baseline(method, args.data, ipc, args.seed, teacher, args.kip_steps)
+        rows.append(row)
+        extra = f"  {row['step_seconds']:.3f} s/step" if method == "KIP" else ""
+        print(f"ipc {ipc:>3} {method:>11}: test {100 * row['test_accuracy']:.2f}%  {row['seconds']:.1f} s  "
+              f"weight error {row['recovery_error']:.2e}{extra}", flush=True)
 
     kip_rows = [r for r in rows if r["method"] == "KIP"]
     meta = {
-        "command": command,
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
         "load_before": load_before,
         "load_after": os.getloadavg(),
         "seed": args.seed,
@@ -232,12 +235,19 @@ def main(argv: list[str] | None = None) -> int:
         "kip_dtype": kip_rows[0]["dtype"] if kip_rows else None,
         "total_seconds": time.perf_counter() - total_start,
     }
-    text = markdown(rows, meta)
-    atomic_write_bytes(args.out / "kip_comparison.md", text.encode())
-    atomic_write_bytes(args.out / "kip_comparison.json", json.dumps({"meta": meta, "runs": rows}, indent=1).encode())
-    print(text)
-    print(f"total {meta['total_seconds']:.0f} s", flush=True)
-    return 0
+    return {"meta": meta, "runs": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = harness.parser(__doc__.split("\n\n")[0], data="MNIST: a .npz file, an IDX folder or a torchvision root")
+    parser.add_argument("--ipcs", nargs="+", type=int, default=[1, 10, 50])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kip-steps", type=int, default=DEFAULT_STEPS)
+    args = parser.parse_args(argv)
+    if not args.report_only:
+        harness.require_data(parser, args, "MNIST")
+    report = harness.Report(__file__, "kip_comparison", args.out, argv)
+    return report.run(args.report_only, lambda: measure(args), markdown, readme)
 
 
 if __name__ == "__main__":

@@ -8,35 +8,33 @@ table sweeps the memory size r for the non-incremental memory (all data, then
 compressed) against random real subsets of r points and against Chen et al.'s
 per-class closed-form set of r points.
 
-    PYTHONPATH=. python experiments/memory_stream.py                           # ../shared/data/mnist.npz
-    PYTHONPATH=. python experiments/memory_stream.py --dataset fashion-mnist   # Debian's dataset-fashion-mnist
+    python experiments/memory_stream.py --data path/to/mnist.npz
+    python experiments/memory_stream.py --dataset fashion-mnist --data path/to/fashion-mnist   # an IDX folder
+    python experiments/memory_stream.py --dataset digits --budget 20 --out /tmp/x              # embedded, seconds
+    python experiments/memory_stream.py --report-only
 
-Writes experiments/results/memory_stream_<dataset>.{md,json}.
+Writes experiments/results/memory_stream_<dataset>.{md,json}; the README block of that name.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
-import shlex
 import sys
 import time
-from pathlib import Path
 
+import harness
 import torch
 
 import distillmem as dm
-from distillmem._io import atomic_write_bytes
 from distillmem.memory import SHRINKS
 
-REPO = Path(__file__).resolve().parents[1]
 TASKS = [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
 SIZES = (10, 20, 50, 100, 200, 400, 784)
 
 
 def accuracy(weights: torch.Tensor, features: torch.Tensor, labels: torch.Tensor) -> float:
-    return float(((features @ weights.T).argmax(dim=1) == labels).to(torch.float64).mean())
+    """Accuracy of the linear head ``weights`` (k, p) on ``features`` (n, p)."""
+    return harness.accuracy((features @ weights.T).argmax(dim=1), labels)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -109,38 +107,23 @@ def run_stream(make_memory, recompress, x, y, f_test, y_test, reg, batch) -> dic
             "weights": memory.fit_krr(reg).weights_, "seconds": time.perf_counter() - start}
 
 
-DEFAULT_DATA = {
-    "mnist": REPO.parent / "shared" / "data" / "mnist.npz",
-    "fashion-mnist": Path("/usr/share/datasets/fashion-mnist"),
-}
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="mnist", choices=sorted(DEFAULT_DATA))
-    parser.add_argument("--data", type=Path, help="dataset location (default: the copy on this machine)")
-    parser.add_argument("--reg", type=float, default=1.0)
-    parser.add_argument("--budget", type=int, default=100)
-    parser.add_argument("--online-batch", type=int, default=1000, help="update size of the online variant")
-    parser.add_argument("--seeds", type=int, default=5, help="random real subsets per size")
-    parser.add_argument("--chunk-size", type=int, default=4096)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=REPO / "experiments" / "results")
-    args = parser.parse_args()
+def measure(args) -> dict:
+    """The stream, the ablations and the size sweep; the summary that the JSON records."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    command = "PYTHONPATH=. python " + " ".join(shlex.quote(a) for a in sys.argv)
     t0 = time.perf_counter()
 
     # Load the data; features of the test set once, in float64.
-    ds = dm.data.load_dataset(args.dataset, args.data if args.data is not None else DEFAULT_DATA[args.dataset])
+    ds = dm.data.load_dataset(args.dataset, args.data)
     x = ds.x_train.reshape(len(ds.x_train), -1).to(torch.float64)
     y = ds.y_train
     x_test = ds.x_test.reshape(len(ds.x_test), -1).to(torch.float64)
     y_test = ds.y_test
-    fmap = dm.features.RandomFCNN(784, seed=0)
+    fmap = dm.features.RandomFCNN(ds.n_features, seed=0)
     f_test = fmap(x_test)
-    k, reg, budget = 10, args.reg, args.budget
+    k, reg, budget = ds.n_classes, args.reg, args.budget
+    # Memory sizes up to the rank p = d, where the memory becomes exact.
+    sizes = sorted({size for size in SIZES[:-1] if size < ds.n_features} | {ds.n_features})
 
     # (b) KRR on all the data, and the exact (unbudgeted) memory of all of it.
     start = time.perf_counter()
@@ -162,10 +145,11 @@ def main() -> None:
         return dm.MomentMemory(fmap, k, chunk_size=args.chunk_size)
 
     runs = {}
-    for shrink in SHRINKS:
-        for name, batch in (("per task", None), (f"online ({args.online_batch})", args.online_batch)):
-            runs[f"{shrink}, {name}"] = run_stream(budgeted(shrink), lambda m: m, x, y, f_test, y_test, reg, batch)
-            print(f"  {shrink:20s} {name:14s} final {runs[f'{shrink}, {name}']['final_acc']:.4f}", flush=True)
+    plan = [(shrink, name, batch) for shrink in SHRINKS
+            for name, batch in (("per task", None), (f"online ({args.online_batch})", args.online_batch))]
+    for shrink, name, batch in harness.progress(plan, "streams"):
+        runs[f"{shrink}, {name}"] = run_stream(budgeted(shrink), lambda m: m, x, y, f_test, y_test, reg, batch)
+        print(f"  {shrink:20s} {name:14s} final {runs[f'{shrink}, {name}']['final_acc']:.4f}", flush=True)
     ablations = {
         "FD on features only, targets kept": lambda m: feature_only_fd(m, budget, rescale=False),
         "FD on features only, targets rescaled (R kept on the kept directions)":
@@ -178,9 +162,9 @@ def main() -> None:
 
     # (a) Random real points, and the size sweep.
     random_real = {}
-    for size in sorted(set(SIZES) | {budget}):
+    for size in harness.progress(sorted(set(sizes) | {budget}), "random subsets"):
         accs, errs = [], []
-        for seed in range(args.seeds):
+        for seed in args.seeds:
             index = balanced_subset(y, size, k, seed)
             weights = dm.KRR(fmap, reg=reg, n_classes=k).fit(x[index], y[index]).weights_
             accs.append(accuracy(weights, f_test, y_test))
@@ -191,7 +175,7 @@ def main() -> None:
     sweep = []
     views = {s: dm.MomentMemory.from_features(fmap, k, exact.features_, exact.targets_, n_seen=exact.n_seen_, shrink=s)
              for s in SHRINKS}
-    for size in SIZES:
+    for size in harness.progress(sizes, "sizes"):
         row = {"r": size, "random_real": random_real[size],
                "predicted_truncation_error": views["truncate"].truncation_error(size, reg)}
         if size % k == 0:
@@ -204,12 +188,10 @@ def main() -> None:
         sweep.append(row)
     total = time.perf_counter() - t0
 
-    # Report.
-    summary = {
-        "command": command,
+    return {
         "setup": {"dataset": args.dataset, "n_train": len(y), "n_test": len(y_test), "feature_map": fmap.spec(), "reg": reg,
                   "budget": budget, "tasks": TASKS, "online_batch": args.online_batch, "chunk_size": args.chunk_size,
-                  "random_seeds": args.seeds, "torch": torch.__version__, "python": platform.python_version(),
+                  "random_seeds": len(args.seeds), "torch": torch.__version__, "python": platform.python_version(),
                   "threads": torch.get_num_threads(), "seconds_total": total},
         "krr_all_data": {"acc": accuracy(w_full, f_test, y_test), "seconds": krr_seconds},
         "exact_memory": {"n_points": exact.n_points, "weight_err_vs_krr": exact_err, "seconds": exact_seconds,
@@ -219,12 +201,6 @@ def main() -> None:
             "weight_err": rel_err(run["weights"], w_full)} for name, run in runs.items()},
         "size_sweep": sweep,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"memory_stream_{args.dataset}"
-    atomic_write_bytes(stem.with_suffix(".json"), (json.dumps(summary, indent=2) + "\n").encode())
-    atomic_write_bytes(stem.with_suffix(".md"), markdown(summary).encode())
-    print(markdown(summary))
-    print(f"wrote {stem}.md and .json in {total:.0f}s")
 
 
 def markdown(s: dict) -> str:
@@ -234,9 +210,10 @@ def markdown(s: dict) -> str:
     lines = [
         f"# Class-incremental {setup['dataset']} with a moment memory",
         "",
-        f"Command: `{s['command']}` ({setup['seconds_total']:.0f} s, {setup['threads']} threads, torch {setup['torch']}).",
+        f"Command: `{s['command']}` ({setup['seconds_total']:.0f} s; machine: {s['machine']}).",
         "",
-        f"{setup['dataset']}, {setup['n_train']} train / {setup['n_test']} test, `RandomFCNN(784, seed=0)` features, lambda = {setup['reg']:g}. Tasks "
+        f"{setup['dataset']}, {setup['n_train']} train / {setup['n_test']} test, "
+        f"`RandomFCNN({setup['feature_map']['params']['in_features']}, seed={setup['feature_map']['seed']})` features, lambda = {setup['reg']:g}. Tasks "
         f"{setup['tasks']}; the memory holds at most {setup['budget']} points, recompressed after each update "
         f"(one update per task, or updates of {setup['online_batch']} samples), and the KRR head is fitted on the "
         "memory alone. Accuracy in %; weight error = ||W - W_all||_F / ||W_all||_F.",
@@ -277,5 +254,36 @@ def markdown(s: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def readme(s: dict) -> str:
+    """The figures of the README's continual quickstart."""
+    setup, rr, exact = s["setup"], s["random_real_budget"], s["exact_memory"]
+    fd = s["stream"]["frequent-directions, per task"]
+    name = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}.get(setup["dataset"], setup["dataset"])
+    return (
+        f"Without a budget the memory is exact for every λ. On {name} (FCNN, λ = {setup['reg']:g}), "
+        f"{exact['n_points']} points reproduce KRR on all {setup['n_train']:,} images to a weight error of "
+        f"{harness.sci(exact['weight_err_vs_krr'])}. With a budget of {setup['budget']} points, over "
+        f"{len(setup['tasks'])} class-incremental tasks, it reaches {100 * fd['final_acc']:.2f}% test accuracy. "
+        f"{setup['budget']} random real points reach {100 * rr['acc_mean']:.2f} ± {100 * rr['acc_std']:.2f}%, and KRR "
+        f"on all the data {100 * s['krr_all_data']['acc']:.2f}% (`{s['command']}`)."
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = harness.parser(__doc__.splitlines()[0], data="the dataset: a .npz file, an IDX folder or a torchvision "
+                            "root (not needed for digits)", seeds=range(5))
+    parser.add_argument("--dataset", default="mnist", choices=("digits", "mnist", "fashion-mnist"))
+    parser.add_argument("--reg", type=float, default=1.0)
+    parser.add_argument("--budget", type=int, default=100)
+    parser.add_argument("--online-batch", type=int, default=1000, help="update size of the online variant")
+    parser.add_argument("--chunk-size", type=int, default=4096)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if not args.report_only and args.dataset != "digits":
+        harness.require_data(parser, args, args.dataset)
+    report = harness.Report(__file__, f"memory_stream_{args.dataset}", args.out, argv)
+    return report.run(args.report_only, lambda: measure(args), markdown, readme)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

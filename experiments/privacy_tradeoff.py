@@ -12,8 +12,9 @@ accuracy of the released set is the original model's by construction; the
 script therefore also reports how close the released points are to real
 training rows and how large the noise is.
 
-    python experiments/privacy_tradeoff.py                      # ../shared/data/mnist.npz
-    python experiments/privacy_tradeoff.py --dims 100 --ipc 10 50
+    python experiments/privacy_tradeoff.py --data path/to/mnist.npz
+    python experiments/privacy_tradeoff.py --data path/to/mnist.npz --dims 100 --ipc 10 50
+    python experiments/privacy_tradeoff.py --report-only
 
 Writes experiments/results/privacy_tradeoff.{md,json}.
 """
@@ -21,41 +22,33 @@ Writes experiments/results/privacy_tradeoff.{md,json}.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
 import resource
-import shlex
 import sys
 import time
-from pathlib import Path
 
+import harness
 import torch
 
 from distillmem import KRR, distill, distill_private
-from distillmem._io import atomic_write_bytes
 from distillmem.data import load_dataset
 from distillmem.features import Identity, RandomLinear
 from distillmem.privacy import clip_rows
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "mnist.npz"
 
-
-def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="MNIST .npz file")
+def _parser() -> argparse.ArgumentParser:
+    parser = harness.parser(__doc__.splitlines()[0], data="MNIST: a .npz file, an IDX folder or a torchvision root")
     parser.add_argument("--dims", type=int, default=200, help="width r of the public random projection")
     parser.add_argument("--norm-bound", type=float, default=15.0, help="public clipping bound B on projected rows")
     parser.add_argument("--ipc", type=int, nargs="+", default=[10, 50])
     parser.add_argument("--epsilons", type=float, nargs="+", default=[0.1, 0.2, 0.5, 0.9])
     parser.add_argument("--delta", type=float, default=1e-5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=REPO / "experiments" / "results")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads; 0 keeps torch's default (1 is fastest on a shared machine)")
     parser.add_argument("--skip-raw", action="store_true", help="skip the raw-pixel assumption check (an SVD of 60000 x 784)")
-    return parser.parse_args(argv)
+    return parser
 
 
 class Neighbours:
@@ -106,26 +99,22 @@ def _d_matrix_stats(points: torch.Tensor, targets: torch.Tensor, weights: torch.
     return {"signal_rms": float(signal.pow(2).mean().sqrt()), "noise_rms": float(noise.pow(2).mean().sqrt())}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parse(argv)
+def measure(args: argparse.Namespace) -> dict:
+    """The assumption check, the projection and every released set's measures."""
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    script = Path(sys.argv[0]).resolve()
-    shown = script.relative_to(REPO) if script.is_relative_to(REPO) else script
-    command = " ".join(["python", shlex.quote(str(shown)), *(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))])
     data = load_dataset("mnist", args.data)
     x_raw = data.x_train.reshape(len(data.x_train), -1).to(torch.float64)
     y = data.y_train
     x_test_raw = data.x_test.reshape(len(data.x_test), -1).to(torch.float64)
     n, d = x_raw.shape
     report: dict = {
-        "command": command,
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "config": {k: v for k, v in vars(args).items() if k not in ("data", "out", "report_only")},
         "n_train": n,
         "n_test": len(data.x_test),
         "d_raw": d,
-        "machine": {
+        "environment": {
             "python": platform.python_version(),
             "torch": torch.__version__,
             "platform": platform.platform(),
@@ -224,26 +213,31 @@ def main(argv: list[str] | None = None) -> int:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     report["cpu_seconds"] = usage.ru_utime + usage.ru_stime
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(args.out / "privacy_tradeoff.json", (json.dumps(report, indent=2) + "\n").encode())
-    atomic_write_bytes(args.out / "privacy_tradeoff.md", _markdown(report).encode())
-    print(f"wrote {args.out / 'privacy_tradeoff.md'} and .json in {report['seconds']:.1f} s")
-    return 0
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.report_only:
+        harness.require_data(parser, args, "MNIST")
+    return harness.Report(__file__, "privacy_tradeoff", args.out, argv).run(args.report_only, lambda: measure(args), markdown)
 
 
 def _fmt(value, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
-def _markdown(report: dict) -> str:
+def markdown(report: dict) -> str:
     cfg, proj, base = report["config"], report["projected"], report["baselines"]
     dims = proj["dims"]
     lines = [
         "# Privacy trade-off of Theorem 6.2 on MNIST (linear ridge regression)",
         "",
-        f"Command: `{report['command']}` ({report['seconds']:.0f} s wall, {report['cpu_seconds']:.0f} s CPU, on "
-        f"{report['machine']['cpus']} shared CPU cores, {report['machine']['torch_threads']} torch threads, load average {report['machine']['load_average_at_start']:.1f} "
-        f"at start; {report['machine']['platform']}, torch {report['machine']['torch']}).",
+        f"Command: `{report['command']}` ({report['seconds']:.0f} s wall, {report['cpu_seconds']:.0f} s CPU, "
+        f"{report['environment']['torch_threads']} torch threads, load average "
+        f"{report['environment']['load_average_at_start']:.1f} at start; machine: {report['machine']}; "
+        f"{report['environment']['platform']}).",
         "",
         "## What the guarantee covers, and what it does not",
         "",
@@ -322,12 +316,6 @@ def _markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _span(values: list[float], spec: str) -> str:
-    """'a' when all values print alike, else 'min–max'."""
-    low, high = format(min(values), spec), format(max(values), spec)
-    return low if low == high else f"{low}–{high}"
-
-
 def _reading(report: dict) -> list[str]:
     """Observations computed from the runs (no hard-coded figures)."""
     dims = report["projected"]["dims"]
@@ -365,22 +353,22 @@ def _reading(report: dict) -> list[str]:
                 f"pinv(D) inverts magnitudes: the m − k = {m - m // ipc} noise directions leave d − (m − k) = "
                 f"{dims - m + m // ipc} directions of R^d free, there the small signal Y_S⁺W dominates X_S, and the "
                 "points tend, whatever ε, "
-                f"to a limit set by W: template cos {_span(tpl, '.3f')}, nearest-row label agreement "
-                f"{_span(agree, '.2f')}, max cos {_span(cos, '.3f')} (Gaussian vectors "
-                f"{gauss:.3f}), point norm {_span(norms, '.3g')} almost constant in ε. They show what W "
+                f"to a limit set by W: template cos {harness.span(tpl, '.3f')}, nearest-row label agreement "
+                f"{harness.span(agree, '.2f')}, max cos {harness.span(cos, '.3f')} (Gaussian vectors "
+                f"{gauss:.3f}), point norm {harness.span(norms, '.3g')} almost constant in ε. They show what W "
                 "shows, which the theorem does not protect (W is released anyway)."
             )
         else:
             out.append(
-                f"- IPC {ipc} (m = {m} ≥ d = {dims}): the points are noise-like (max cos {_span(cos, '.3f')}, "
-                f"Gaussian vectors {gauss:.3f}; label agreement {_span(agree, '.2f')}, chance 0.10) and "
-                f"shrink as 1/σ (norm {_span(norms, '.3g')})."
+                f"- IPC {ipc} (m = {m} ≥ d = {dims}): the points are noise-like (max cos {harness.span(cos, '.3f')}, "
+                f"Gaussian vectors {gauss:.3f}; label agreement {harness.span(agree, '.2f')}, chance 0.10) and "
+                f"shrink as 1/σ (norm {harness.span(norms, '.3g')})."
             )
     out.append(
         "- The paper's uncalibrated noise mode already yields points unlike the data; the DP mechanism adds a "
         "formal per-row statement about D, not a visibly more private set, and no statement about W. "
         "Privacy of the model would need another mechanism (e.g. perturbing the sufficient statistics (G, R), "
-        "theory.md §11.3), since W_S = W is the design goal of this construction."
+        "docs/theory.md §11.3), since W_S = W is the design goal of this construction."
     )
     return out
 

@@ -32,36 +32,33 @@ Routes:
 
     python experiments/scale.py                       # n = 10^4, 10^5, 10^6, all routes
     python experiments/scale.py --sizes 10000 100000 --routes batches-u8
+    python experiments/scale.py --sizes 2000 --auto-sizes 2000 --out /tmp/x   # a quick check
+    python experiments/scale.py --report-only
 
-Writes experiments/results/scale.{md,json} atomically.
+Writes experiments/results/scale.{md,json} atomically; the README block scale.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import harness
 import numpy as np
 
-from distillmem._io import atomic_write_bytes
 from distillmem._stats import _consumed_page_releaser
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import peak_rss_gb, run_isolated  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
 D = 784
 K = 10
 IPC = 10
 CHUNK = 8192
 ROUTES = ("memmap-u8", "batches-u8", "memmap-f32", "memmap-u8-auto")
+ROUTE_NAMES = {"memmap-u8": "uint8 memmap", "memmap-f32": "float32 memmap", "batches-u8": "iterable of batches",
+               "memmap-u8-auto": '`reg="auto"`'}
 TARGET_SECONDS, TARGET_GB, TARGET_N = 60.0, 2.0, 10**6
 
 
@@ -114,7 +111,7 @@ def run_one(route: str, x_path: str, y_path: str) -> dict:
     from distillmem import KRR, KRRDistiller
     from distillmem.features import RandomFCNN
 
-    baseline = peak_rss_gb()
+    baseline = harness.peak_rss_gb()
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
     x = np.load(x_path, mmap_mode="r")
@@ -153,7 +150,8 @@ def run_one(route: str, x_path: str, y_path: str) -> dict:
 # -- report -----------------------------------------------------------------------------
 
 
-def markdown(rows: list[dict], command: str, machine: str) -> str:
+def markdown(payload: dict) -> str:
+    rows, command, machine = payload["runs"], payload["command"], payload["machine"]
     lines = [
         "## Scale: distilling n points of dimension 784 from a memory-mapped .npy file",
         "",
@@ -209,31 +207,50 @@ def markdown(rows: list[dict], command: str, machine: str) -> str:
     return "\n".join(lines)
 
 
+def readme(payload: dict) -> str:
+    """The README block: each route at the largest n, and how time and memory grow with n."""
+    rows = payload["runs"]
+    largest = max(r["n"] for r in rows)
+    lines = [f"10^{len(str(largest)) - 1} points of dimension 784 from a memory-mapped file, with FCNN features, "
+             f"timed from opening the file to the distilled set: `{payload['command']}` on {payload['machine']}.",
+             "", f"| route (n = {largest:,}) | time | peak memory |", "|---|---|---|"]
+    for route in sorted({r["route"] for r in rows}, key=list(ROUTE_NAMES).index):
+        row = next((r for r in rows if r["route"] == route and r["n"] == largest), None)
+        if row is not None:
+            name = ROUTE_NAMES[route] + (f" ({row['file_gb']:.1f} GB file)" if row["file_dtype"] == "float32" else "")
+            lines.append(f"| {name} | {row['seconds']:.1f} s | {row['peak_rss_gb']:.2f} GB |")
+    growth = []
+    for route in ROUTE_NAMES:
+        per = {r["n"]: r for r in rows if r["route"] == route and r["n"] >= 10**5}
+        if len(per) > 1:
+            small, big = per[min(per)], per[max(per)]
+            growth.append(f"{ROUTE_NAMES[route]} {small['seconds_per_1e5']:.2f} s at n = {small['n']:,} and "
+                          f"{big['seconds_per_1e5']:.2f} s at n = {big['n']:,}, peak memory "
+                          f"{harness.span([r['peak_rss_gb'] for r in per.values()], '.2f')} GB")
+    if growth:
+        lines += ["", "- Cost per 10^5 points: " + "; ".join(growth) + "."]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = harness.parser(__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", type=int, default=[10**4, 10**5, 10**6])
     parser.add_argument("--routes", nargs="+", default=list(ROUTES), choices=ROUTES)
     parser.add_argument("--auto-sizes", nargs="+", type=int, default=[10**6], help="sizes for memmap-u8-auto")
     parser.add_argument("--tmp", type=Path, default=None, help="folder for the data files (default: system temp)")
-    parser.add_argument("--out", type=Path, default=REPO / "experiments" / "results")
-    parser.add_argument("--report-only", action="store_true", help="rewrite scale.md from scale.json, measuring nothing")
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    if args.report_only:
-        payload = json.loads((args.out / "scale.json").read_text())
-        atomic_write_bytes(args.out / "scale.md", markdown(payload["runs"], payload["command"], payload["machine"]).encode())
-        return 0
-    command = "python " + " ".join(["experiments/scale.py", *(argv if argv is not None else sys.argv[1:])])
-    import torch  # for the machine line; each run imports it in its own process
+    if min(args.sizes) < 1:
+        parser.error(f"--sizes must be positive, got {args.sizes}")
+    report = harness.Report(__file__, "scale", args.out, argv)
+    return report.run(args.report_only, lambda: {"chunk_size": CHUNK, "ipc": IPC, "runs": measure(args)}, markdown, readme)
 
-    machine = (
-        f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}, numpy {np.__version__}, CPU; {time.strftime('%Y-%m-%d %H:%M')}"
-    )
+
+def measure(args) -> list[dict]:
+    """Every (n, route) run in a fresh process, on data written to a temporary folder and deleted after."""
     folder = Path(tempfile.mkdtemp(prefix="distillmem-scale-", dir=args.tmp))
     rows = []
     try:
-        for n in sorted(args.sizes):
+        for n in harness.progress(sorted(args.sizes), "sizes"):
             routes = [r for r in args.routes if not r.endswith("auto") or n in args.auto_sizes]
             paths = {}
             for dtype in sorted({"float32" if r.endswith("f32") else "uint8" for r in routes}):
@@ -244,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                 x_path, y_path = paths["float32" if route.endswith("f32") else "uint8"]
                 drop_page_cache(x_path)
                 drop_page_cache(y_path)
-                row, peak = run_isolated(run_one, route=route, x_path=str(x_path), y_path=str(y_path))
+                row, peak = harness.run_isolated(run_one, route=route, x_path=str(x_path), y_path=str(y_path))
                 row["peak_rss_gb"] = peak
                 rows.append(row)
                 print(
@@ -257,12 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                 path.unlink(missing_ok=True)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    text = markdown(rows, command, machine)
-    atomic_write_bytes(args.out / "scale.md", text.encode())
-    payload = {"command": command, "machine": machine, "chunk_size": CHUNK, "ipc": IPC, "runs": rows}
-    atomic_write_bytes(args.out / "scale.json", json.dumps(payload, indent=1).encode())
-    print(text)
-    return 0
+    return rows
 
 
 if __name__ == "__main__":

@@ -1,0 +1,209 @@
+"""The experiments harness: the README's figures are the committed JSON's, and every script reports from it.
+
+No measurement runs here except two seconds-long ones on the embedded digits;
+nothing reads data outside the repository.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "experiments"
+SCRIPTS = sorted(p.stem for p in EXPERIMENTS.glob("*.py") if p.stem != "harness")
+COMMITTED = sorted(p.stem for p in (EXPERIMENTS / "results").glob("*.json"))
+
+
+@pytest.fixture(autouse=True)
+def experiments_importable(monkeypatch):
+    """Import the scripts as ``python experiments/<name>.py`` does: their folder first on sys.path."""
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))
+
+
+def _module(name: str):
+    return importlib.import_module(name)
+
+
+def _payload(name: str) -> dict:
+    return json.loads((EXPERIMENTS / "results" / f"{name}.json").read_text())
+
+
+# -- the committed results --------------------------------------------------------------------
+
+
+def test_readme_and_markdown_are_the_rendering_of_the_committed_json():
+    assert _module("report").stale() == []
+
+
+def test_every_readme_block_has_its_json_and_the_figures_it_shows():
+    harness = _module("harness")
+    blocks = harness.readme_blocks(harness.README.read_text())
+    assert {"mnist_paper_tables", "fashion-mnist_paper_tables", "cifar_shape_fcnn_cpu", "scale",
+            "kip_comparison", "conv_map", "memory_stream_mnist"} <= set(blocks)
+    assert set(blocks) <= set(COMMITTED)
+    # One figure per block, traced by hand from the JSON, so a renderer that drops or garbles it fails.
+    runs = _payload("mnist_paper_tables")["runs"]
+    worst = max(r["recovery_error"] for r in runs)
+    assert f"over all runs is {harness.sci(worst)}." in blocks["mnist_paper_tables"]
+    fcnn0 = next(r for r in runs if r["feature_map"] == "fcnn" and r["seed"] == 0 and r["ipc"] == 1)
+    assert f"| FCNN | {100 * fcnn0['original_accuracy']:.2f} |" in blocks["mnist_paper_tables"]
+    memory = _payload("memory_stream_mnist")
+    final = memory["stream"]["frequent-directions, per task"]["final_acc"]
+    assert f"reaches {100 * final:.2f}% test accuracy" in blocks["memory_stream_mnist"]
+    scale = [r for r in _payload("scale")["runs"] if r["n"] == 10**6 and r["route"] == "memmap-u8"]
+    assert f"| uint8 memmap | {scale[0]['seconds']:.1f} s | {scale[0]['peak_rss_gb']:.2f} GB |" in blocks["scale"]
+
+
+def test_stale_finds_a_hand_edited_block_an_edited_json_and_a_missing_markdown(tmp_path):
+    report, harness = _module("report"), _module("harness")
+    results = tmp_path / "results"
+    shutil.copytree(EXPERIMENTS / "results", results)
+    readme = tmp_path / "README.md"
+    text = harness.README.read_text()
+    block = harness.readme_blocks(text)["scale"]
+    readme.write_text(harness.replace_readme_block(text, "scale", block.replace(" s |", " s (typed) |", 1)))
+    payload = json.loads((results / "kip_comparison.json").read_text())
+    payload["runs"][0]["test_accuracy"] = 0.5
+    (results / "kip_comparison.json").write_text(json.dumps(payload))
+    (results / "conv_map.md").unlink()
+    found = report.stale(results, readme)
+    assert any("README block scale" in line for line in found)
+    assert any("kip_comparison.md" in line for line in found)
+    assert any("README block kip_comparison" in line for line in found)
+    assert any("conv_map.md" in line for line in found)
+    (results / "scale.json").unlink()
+    assert "README block scale has no scale.json" in report.stale(results, readme)
+
+
+# -- every script ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_script_has_help(name, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _module(name).main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "--out" in out and ("--report-only" in out or name == "report")
+
+
+@pytest.mark.parametrize("name", COMMITTED)
+def test_report_only_rebuilds_the_markdown_from_the_json_alone(name, tmp_path, capsys):
+    harness = _module("harness")
+    payload = _payload(name)
+    shutil.copy(EXPERIMENTS / "results" / f"{name}.json", tmp_path)
+    readme_before = harness.README.read_bytes()
+    assert _module(payload["script"]).main([*payload["argv"], "--report-only", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / f"{name}.md").read_text() == (EXPERIMENTS / "results" / f"{name}.md").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"{name}.json", f"{name}.md"])
+    assert harness.README.read_bytes() == readme_before  # only experiments/results feeds the README
+
+
+def test_report_only_without_json_names_the_missing_file(tmp_path):
+    with pytest.raises(SystemExit, match=r"scale\.json does not exist"):
+        _module("scale").main(["--report-only", "--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize("argv", [["--dataset", "mnist"], ["--dataset", "mnist", "--data", "no/such/mnist.npz"]])
+def test_measuring_without_data_is_a_usage_error(argv, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _module("paper_tables").main([*argv, "--out", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert "--data" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_scripts_run_from_a_fresh_interpreter_outside_the_repository(tmp_path):
+    done = subprocess.run([sys.executable, str(EXPERIMENTS / "report.py"), "--check"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "up to date" in done.stdout
+
+
+# -- measuring end to end on the embedded digits --------------------------------------------------------
+
+
+def test_memory_stream_on_digits_records_then_reports_the_same_markdown(tmp_path, capsys):
+    memory_stream = _module("memory_stream")
+    argv = ["--dataset", "digits", "--budget", "20", "--online-batch", "500", "--seeds", "0", "1", "--out", str(tmp_path)]
+    assert memory_stream.main(argv) == 0
+    payload = json.loads((tmp_path / "memory_stream_digits.json").read_text())
+    assert payload["script"] == "memory_stream" and payload["argv"] == argv
+    assert payload["command"].startswith("python experiments/memory_stream.py --dataset digits")
+    assert "CPU cores" in payload["machine"] and "torch" in payload["machine"]
+    assert payload["exact_memory"]["weight_err_vs_krr"] < 1e-9  # 64 points hold all of the digits exactly
+    assert all(run["max_points_held"] <= 20 for run in payload["stream"].values())
+    measured = (tmp_path / "memory_stream_digits.md").read_text()
+    (tmp_path / "memory_stream_digits.md").unlink()
+    assert memory_stream.main([*argv, "--report-only"]) == 0
+    assert (tmp_path / "memory_stream_digits.md").read_text() == measured
+
+
+def test_conv_map_on_digits_is_exact(tmp_path, capsys):
+    argv = ["--data", "digits", "--maps", "conv-k2", "--ipcs", "1", "--inits", "noise", "--out", str(tmp_path)]
+    assert _module("conv_map").main(argv) == 0
+    (row,) = json.loads((tmp_path / "conv_map.json").read_text())["runs"]
+    assert row["dataset"] == "digits" and row["p"] == 64
+    assert row["recovery_error"] < 1e-8 and row["agreement"] == 1.0
+
+
+# -- the harness ------------------------------------------------------------------------------------
+
+
+def test_command_line_hides_the_folders_of_data_paths_only():
+    harness = _module("harness")
+    shown = harness.command_line("x.py", ["--data", "/home/me/data/mnist.npz", "--seeds", "0", "1"])
+    assert shown == "python experiments/x.py --data path/to/mnist.npz --seeds 0 1"
+    shown = harness.command_line("x.py", ["--data", "mnist=/a/mnist.npz", "fashion-mnist=/b/fmnist", "digits", "--out", "/tmp/o"])
+    assert shown == "python experiments/x.py --data mnist=path/to/mnist.npz fashion-mnist=path/to/fmnist digits --out /tmp/o"
+    assert harness.command_line("x.py", ["--data=/a/b.npz", "--ipcs", "1"]) == "python experiments/x.py --data=path/to/b.npz --ipcs 1"
+
+
+def test_readme_blocks_are_replaced_one_at_a_time():
+    harness = _module("harness")
+    text = "a\n<!-- results: one -->\nold\n<!-- /results -->\nb\n<!-- results: two -->\nkeep\n<!-- /results -->\n"
+    assert harness.readme_blocks(text) == {"one": "old\n", "two": "keep\n"}
+    new = harness.replace_readme_block(text, "one", "new")
+    assert harness.readme_blocks(new) == {"one": "new\n", "two": "keep\n"}
+    assert new.startswith("a\n") and "\nb\n" in new
+    with pytest.raises(ValueError, match="'three'"):
+        harness.replace_readme_block(text, "three", "x")
+    with pytest.raises(ValueError, match="twice"):
+        harness.readme_blocks(text + "<!-- results: one -->\n<!-- /results -->\n")
+
+
+def test_report_records_the_run_and_publishes_to_the_readme_only_from_the_results_folder(tmp_path, monkeypatch):
+    harness = _module("harness")
+    readme = tmp_path / "README.md"
+    readme.write_text("x\n<!-- results: demo -->\nold\n<!-- /results -->\n")
+    monkeypatch.setattr(harness, "README", readme)
+    monkeypatch.setattr(harness, "RESULTS", tmp_path / "results")
+    with pytest.raises(ValueError, match="command"):
+        harness.Report("demo.py", "demo", tmp_path / "results", []).record({"command": "typed by hand"})
+    elsewhere = harness.Report("demo.py", "demo", tmp_path / "elsewhere", ["--data", "/x/y.npz"])
+    payload = elsewhere.record({"value": 1})
+    assert elsewhere.load() == payload
+    assert payload["command"] == "python experiments/demo.py --data path/to/y.npz" and payload["value"] == 1
+    elsewhere.publish("# md\n", "new\n")
+    assert "old" in readme.read_text()
+    harness.Report("demo.py", "demo", tmp_path / "results", []).publish("# md\n", "new\n")
+    assert harness.readme_blocks(readme.read_text()) == {"demo": "new\n"}
+    assert (tmp_path / "results" / "demo.md").read_text() == "# md\n"
+
+
+def test_accuracy_and_formats():
+    harness = _module("harness")
+    assert harness.accuracy(torch.tensor([1, 2, 3, 4]), torch.tensor([1, 2, 0, 0])) == 0.5
+    with pytest.raises(ValueError, match="shape"):
+        harness.accuracy(torch.tensor([1, 2]), torch.tensor([[1, 2]]))
+    assert harness.sci(3.8123e-9) == "3.8e-9" and harness.sci(2.0e10) == "2.0e10"
+    assert harness.span([1.04, 1.36], ".1f") == "1.0–1.4" and harness.span([2.01, 1.98], ".1f") == "2.0"
+    assert harness.same_share(1.0) == "100%" and harness.same_share(0.9995) == "at least 99.95%"
