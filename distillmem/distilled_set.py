@@ -31,6 +31,8 @@ _DTYPES = {"x": torch.float64, "y": torch.float64, "labels": torch.int64}
 _META_FIELDS = ("feature_map_spec", "reg", "image_shape", "mean", "std", "provenance")
 #: Spec parameters that size the tensors drawn when a feature map is rebuilt.
 _SIZE_PARAMS = ("in_features", "out_features", "widths", "channels", "image_shape", "input_shape", "kernel_size", "stride", "padding")
+#: The safetensors format's own limit on the JSON header.
+_MAX_HEADER_BYTES = 100_000_000
 #: No size in a loaded feature-map spec may exceed this many times max(points, input width).
 MAX_WIDTH_RATIO = 16
 
@@ -239,6 +241,8 @@ def _read_file(path: Path) -> tuple[dict[str, str], bytes]:
         (length,) = struct.unpack("<Q", prefix)
         if length > size - 8:
             raise ValueError(f"{path} is truncated or not a DistilledSet file: its header claims {length} bytes of {size}")
+        if length > _MAX_HEADER_BYTES:
+            raise ValueError(f"{path} is not a DistilledSet file: its header claims {length} bytes, safetensors allows {_MAX_HEADER_BYTES}")
         header_bytes = handle.read(length)
         try:
             header = json.loads(header_bytes)

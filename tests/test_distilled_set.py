@@ -408,6 +408,16 @@ def test_header_length_beyond_the_file_fails_before_reading_it(tmp_path):
     assert _peak_bytes_while(load) < 2**22
 
 
+def test_oversized_header_fails_before_reading_it(tmp_path):
+    path = _sparse_file(tmp_path / "big.safetensors", 2**28, struct.pack("<Q", 2**27))
+
+    def load():
+        with pytest.raises(ValueError, match=f"header claims {2**27} bytes, safetensors allows 100000000"):
+            DistilledSet.load(path)
+
+    assert _peak_bytes_while(load) < 2**22
+
+
 # -- images -------------------------------------------------------------------------------------
 
 
