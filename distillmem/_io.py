@@ -75,8 +75,12 @@ def remove_stale_temporaries(target: Path, max_age: float = STALE_SECONDS) -> li
     """Delete temporaries of ``target`` not modified for ``max_age`` seconds; returns those deleted."""
     pattern = _temporary_pattern(target)
     now = time.time()
-    removed = []
-    with os.scandir(target.parent) as entries:
+    removed: list[Path] = []
+    try:
+        entries = os.scandir(target.parent)
+    except OSError:  # a folder one may write to but not list: cleaning up is best effort
+        return removed
+    with entries:
         for entry in entries:
             if not pattern.fullmatch(entry.name) or not entry.is_file(follow_symlinks=False):
                 continue

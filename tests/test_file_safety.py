@@ -117,6 +117,15 @@ def test_a_stale_temporary_that_is_a_folder_or_link_is_left_alone(tmp_path):
     assert folder.is_dir() and link.is_symlink() and victim.exists()
 
 
+def test_a_folder_that_cannot_be_listed_still_takes_the_save(tmp_path, monkeypatch):
+    def unlistable(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(io_module.os, "scandir", unlistable)
+    atomic_write_bytes(tmp_path / "set.dm", b"new")
+    assert (tmp_path / "set.dm").read_bytes() == b"new"
+
+
 _SLOW_SAVE = """
 import os, sys
 import distillmem._io as io
