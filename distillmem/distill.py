@@ -168,17 +168,32 @@ def distill(
     y: Any = None,
     *,
     teacher: KRR | None = None,
+    feature_map: FeatureMap | None = None,
+    ipc: int = 10,
+    reg: float | str = "auto",
+    reg_s: float | str = 0.0,
+    root: str = "plus",
+    init: str = "noise",
+    soft_labels: bool = True,
+    noise_scale: float = 0.1,
+    seed: int = 0,
+    n_classes: int | None = None,
+    chunk_size: int = 8192,
+    device: str | torch.device | None = None,
+    progress: bool = False,
     eval_set: tuple[Any, Any] | None = None,
     dataset: str | None = None,
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
-    **params: Any,
 ) -> DistilledSet:
-    """One-shot distillation: ``KRRDistiller(**params).fit(x, y, teacher=teacher, ...).distilled_``.
+    """One-shot distillation: ``KRRDistiller(feature_map, ...).fit(x, y, teacher=teacher, ...).distilled_``.
 
-    ``params`` are KRRDistiller's: feature_map, ipc (10), reg, reg_s, root,
-    init ("noise"), soft_labels, noise_scale, seed (0), n_classes,
-    chunk_size, device (None) and progress (False).
+    The parameters are those of :class:`KRRDistiller` and its ``fit``, spelled
+    out so that every builder shows the same signature.
     """
-    distiller = KRRDistiller(**params)
+    distiller = KRRDistiller(
+        feature_map, ipc=ipc, reg=reg, reg_s=reg_s, root=root, init=init, soft_labels=soft_labels,
+        noise_scale=noise_scale, seed=seed, n_classes=n_classes, chunk_size=chunk_size, device=device,
+        progress=progress,
+    )
     return distiller.fit(x, y, teacher=teacher, eval_set=eval_set, dataset=dataset, mean=mean, std=std).distilled_
