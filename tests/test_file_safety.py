@@ -14,9 +14,6 @@ import pytest
 import distillmem._io as io_module
 from distillmem._io import STALE_SECONDS, atomic_write_bytes
 
-REPO = Path(__file__).resolve().parents[1]
-
-
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
@@ -126,9 +123,12 @@ def test_a_folder_that_cannot_be_listed_still_takes_the_save(tmp_path, monkeypat
     assert (tmp_path / "set.dm").read_bytes() == b"new"
 
 
+# _io is loaded on its own: importing the package would import torch, slow to start.
 _SLOW_SAVE = """
-import os, sys
-import distillmem._io as io
+import importlib.util, os, sys
+spec = importlib.util.spec_from_file_location("_io", sys.argv[2])
+io = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(io)
 real_fsync = os.fsync
 def fsync_when_told(fd):
     print("writing", flush=True)
@@ -141,9 +141,9 @@ io.atomic_write_bytes(sys.argv[1], b"from the other process")
 
 def test_a_save_in_progress_in_another_process_keeps_its_temporary(tmp_path):
     target = tmp_path / "set.dm"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     other = subprocess.Popen(
-        [sys.executable, "-c", _SLOW_SAVE, str(target)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        [sys.executable, "-c", _SLOW_SAVE, str(target), io_module.__file__],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     try:
         assert other.stdout.readline().strip() == "writing"
