@@ -209,15 +209,17 @@ class KRR:
             val = (torch.cat(held_x), torch.cat(held_t))
             held_x.clear()
             held_t.clear()
-        self._finish_primal(moments, val, refit_with_val=split is not None and self.refit)
+        self._finish_primal(
+            moments, val, refit_with_val=split is not None and self.refit, val_name="x_val" if split is None else "x"
+        )
 
-    def _finish_primal(self, moments: Moments, val, *, refit_with_val: bool = False) -> None:
+    def _finish_primal(self, moments: Moments, val, *, refit_with_val: bool = False, val_name: str = "x_val") -> None:
         if self.reg != "auto":
             reg = float(self.reg)
             self._store(solve_primal(moments.gram, moments.cross, reg), reg, moments.n, moments.cross.shape[1], "primal")
             return
         spectral = Spectral.primal(moments.gram, moments.cross)
-        val_features = checked_features(self.feature_map_, val[0], name="the validation data")
+        val_features = checked_features(self.feature_map_, val[0], name=val_name)
         reg = self._select_reg(spectral, val_features, val[1])
         if refit_with_val:
             # The held-out features exist already: their moments under the identity complete G and R.

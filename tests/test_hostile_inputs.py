@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from distillmem import KRR, MomentMemory
 from distillmem._validation import check_int, check_real
-from distillmem.features import Identity, RandomConv, RandomFCNN, RandomFourier, RandomLinear
+from distillmem.features import Identity, RandomConv, RandomFCNN, RandomFourier, RandomLinear, from_spec
 
 # -- scalar hyperparameters ------------------------------------------------------------
 
@@ -187,3 +189,204 @@ def test_requires_grad_soft_targets_are_detached(problem):
     targets = torch.nn.functional.one_hot(y, 4).to(torch.float64).requires_grad_(True)
     model = KRR(Identity(), reg=0.5, solver="primal").fit(x, targets)
     assert torch.equal(model.weights_, KRR(Identity(), reg=0.5, solver="primal").fit(x, y).weights_)
+
+
+# -- 1.1: one target column ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("as_numpy", [False, True])
+def test_an_integer_label_column_is_refused_not_taken_as_one_target(problem, as_numpy):
+    x, y = problem
+    column = y[:, None].numpy() if as_numpy else y[:, None]
+    with pytest.raises(ValueError, match=r"shape \(300, 1\) with integer dtype.*y\.ravel\(\)"):
+        KRR(RandomFCNN(40), reg=1e-3).fit(x, column)
+    with pytest.raises(ValueError, match=r"shape \(300, 1\) with integer dtype"):
+        MomentMemory(RandomFCNN(40), n_classes=1).update(x, column)
+    with pytest.raises(ValueError, match=r"y_val has shape \(300, 1\) with integer dtype"):
+        KRR(Identity(), reg="auto").fit(x, y, eval_set=(x, column))
+
+
+def test_a_float_target_column_is_a_regression_without_classes(problem, naive_ridge, rel_err):
+    x, y = problem
+    target = (x[:, :1] - 0.5 * x[:, 1:2]).contiguous()
+    model = KRR(Identity(), reg=0.3).fit(x, target)
+    assert model.n_classes_ == 1
+    assert rel_err(model.weights_, naive_ridge(x, target, 0.3)) < 1e-10
+    assert model.decision_function(x).shape == (300, 1)
+    with pytest.raises(ValueError, match="one target column.*decision_function"):
+        model.predict(x)
+    with pytest.raises(ValueError, match="one target column"):
+        model.score(x, target)
+    memory = MomentMemory(Identity(), n_classes=1).update(x, target)
+    assert rel_err(memory.fit_krr(0.3).weights_, model.weights_) < 1e-10
+
+
+def test_reg_auto_refuses_a_single_target_column(problem):
+    x, y = problem
+    target = x[:, :1].contiguous()
+    with pytest.raises(ValueError, match='reg="auto" picks lambda by validation accuracy.*y has one target column'):
+        KRR(Identity(), reg="auto").fit(x, target)
+    with pytest.raises(ValueError, match='reg="auto".*y_val has one target column'):
+        KRR(Identity(), reg="auto").fit([(x, target)], eval_set=(x, target))
+
+
+@pytest.mark.parametrize("n_classes", [None, 1])
+def test_labels_of_a_single_class_are_refused(problem, n_classes):
+    x, _ = problem
+    zeros = torch.zeros(300, dtype=torch.int64)
+    with pytest.raises(ValueError, match="class labels need at least 2 classes"):
+        KRR(Identity(), reg=0.1, n_classes=n_classes).fit(x, zeros)
+    with pytest.raises(ValueError, match="class labels need at least 2 classes"):
+        MomentMemory(Identity(), n_classes=1).update(x, zeros)
+
+
+# -- 2.3: label checks cost O(n) whatever the values -----------------------------------------------
+
+
+@pytest.mark.parametrize("n_classes, message", [(None, "class label 1000000000000 but only 100 samples"), (10, "out of range for n_classes=10")])
+def test_a_huge_label_is_refused_before_anything_of_its_size_is_allocated(make_problem, n_classes, message):
+    # bincount or one_hot over 10**12 classes would need terabytes: the error must come first.
+    x, y = make_problem(n=100, d=8, k=4)
+    y = y.clone()
+    y[0] = 10**12
+    with pytest.raises(ValueError, match=message):
+        KRR(Identity(), reg=0.1, n_classes=n_classes).fit(x, y)
+    with pytest.raises(ValueError, match=message):
+        KRR(Identity(), reg=0.1, n_classes=n_classes).fit(x.numpy(), y.numpy())
+    with pytest.raises(ValueError, match="out of range for n_classes=10"):
+        MomentMemory(Identity(), n_classes=10).update(x, y)
+    with pytest.raises(ValueError, match="out of range for n_classes=10"):
+        KRR(Identity(), reg=0.1, n_classes=10).fit([(x, y)])
+
+
+def test_labels_of_n_samples_with_a_label_of_n_are_refused_as_a_gap(make_problem):
+    x, y = make_problem(n=10, d=4, k=2)
+    y = y.clone()
+    y[3] = 10
+    with pytest.raises(ValueError, match="class label 10 but only 10 samples"):
+        KRR(Identity(), reg=0.1).fit(x, y)
+    y[3] = 9  # n classes from n samples is still possible in principle: the gap check names the missing ones
+    with pytest.raises(ValueError, match=r"no sample of class\(es\) \[2, 3, 4"):
+        KRR(Identity(), reg=0.1).fit(x, y)
+
+
+# -- 1.3: features that overflow ------------------------------------------------------------------
+
+
+def test_predicting_on_inputs_whose_features_overflow_raises(problem):
+    x, y = problem
+    model = KRR(RandomFCNN(40, seed=1), reg=1.0, chunk_size=7).fit(x, y)
+    huge = x.to(torch.float32).clone()
+    huge[9] = 3e38
+    with pytest.raises(ValueError, match=r"features of x are not finite \(NaN or Inf, first at row 9\).*float64"):
+        model.predict(huge)
+    with pytest.raises(ValueError, match="features of x are not finite"):
+        model.decision_function(huge)
+    # The same values in float64 are representable all the way through: no error.
+    assert model.predict(huge.to(torch.float64)).shape == (300,)
+
+
+@pytest.mark.parametrize("solver", ["svd", "primal"])
+def test_fitting_on_inputs_whose_features_overflow_raises_cleanly(problem, solver, capfd):
+    x, y = problem
+    huge = torch.full((20, 40), 3e38, dtype=torch.float32)
+    labels = torch.arange(20) % 2
+    with pytest.raises(ValueError, match=r"features of x are not finite \(NaN or Inf, first at row 0\)"):
+        KRR(RandomFCNN(40), reg=1.0, solver=solver).fit(huge, labels)
+    # No LAPACK failure reached: nothing printed by the math library either.
+    assert capfd.readouterr().err == ""
+    with pytest.raises(ValueError, match=r"features of x_val are not finite"):
+        KRR(RandomFCNN(40), reg="auto", solver=solver).fit(
+            x.to(torch.float32), y, eval_set=(torch.full((8, 40), 3e38), torch.arange(8) % 4)
+        )
+
+
+def test_streamed_and_memory_features_that_overflow_raise(problem):
+    x, y = problem
+    x32 = x.to(torch.float32)
+    bad = x32.clone()
+    bad[4] = 3e38
+    with pytest.raises(ValueError, match=r"first at row 104\)"):
+        KRR(RandomFCNN(40), reg=1.0, n_classes=4).fit([(x32[:100], y[:100]), (bad[:100], y[:100])])
+    # The memory computes features in float64; inputs near the float64 limit overflow there.
+    near_max = x.clone()
+    near_max[4] = 1e308
+    with pytest.raises(ValueError, match=r"features of x are not finite \(NaN or Inf, first at row 4\)"):
+        MomentMemory(RandomFCNN(40), n_classes=4).update(near_max, y)
+
+
+# -- 1.4: Gram and cross moments are float64 sums, whatever the input dtype -------------------------
+
+
+def _pixels(n: int = 3000, d: int = 64, k: int = 10) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """uint8 pixels (n, d), labels (n,) and soft float64 targets (n, k)."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(n, d), dtype=np.uint8)
+    soft = torch.from_numpy(rng.dirichlet(np.ones(k), size=n))
+    return pixels, np.arange(n) % k, soft
+
+
+@pytest.mark.parametrize("targets", ["labels", "soft"])
+def test_identity_primal_fit_on_uint8_and_float32_matches_float64_inputs(rel_err, targets):
+    # Identity features of uint8 pixels are exact in float32, so any difference comes from the sums;
+    # float32 sums of 3000 squared pixels (~2e8) round at ~1e-7 and moved the weights by ~1e-5.
+    pixels, labels, soft = _pixels()
+    y = labels if targets == "labels" else soft
+    fit = lambda x, solver="primal": KRR(Identity(), reg=1.0, solver=solver, chunk_size=1000).fit(x, y).weights_  # noqa: E731
+    reference = fit(pixels.astype(np.float64))
+    for x in (pixels, pixels.astype(np.float32), torch.from_numpy(pixels)):
+        assert rel_err(fit(x), reference) < 1e-10
+    assert rel_err(fit(pixels, "svd"), reference) < 1e-10
+
+
+def test_fcnn_primal_fit_on_uint8_matches_the_svd_of_the_same_float32_features(rel_err):
+    # Both solvers see the same float32 features; only the primal sums them into a Gram.
+    pixels, labels, _ = _pixels()
+    fmap = RandomFCNN(64, seed=0)
+    primal = KRR(fmap, reg=1.0, solver="primal", chunk_size=1000).fit(pixels, labels).weights_
+    svd = KRR(fmap, reg=1.0, solver="svd").fit(pixels, labels).weights_
+    assert rel_err(primal, svd) < 1e-9
+    # Against float64 inputs only the float32 rounding of the features themselves remains.
+    assert rel_err(primal, KRR(fmap, reg=1.0, solver="primal").fit(pixels.astype(np.float64), labels).weights_) < 1e-5
+
+
+# -- 2.5: feature maps built from numpy integers -----------------------------------------------------
+
+_NUMPY_BUILT = {
+    "fcnn": lambda: RandomFCNN(np.int64(8), widths=[np.int64(8), np.int32(6)], negative_slope=np.float32(0.5), seed=np.int64(3)),
+    "rff": lambda: RandomFourier(np.int64(8), np.int64(6), sigma=np.float64(2.0), seed=np.uint8(1)),
+    "linear": lambda: RandomLinear(np.int64(8), widths=(np.int64(6),), seed=np.int64(2)),
+    "identity": lambda: Identity(np.int64(8)),
+    "conv": lambda: RandomConv((np.int64(1), np.int64(4), np.int64(4)), channels=np.int64(4), seed=np.int64(1)),
+}
+
+
+@pytest.mark.parametrize("name", list(_NUMPY_BUILT))
+def test_feature_maps_built_from_numpy_numbers_have_json_specs_that_rebuild_them(name):
+    fmap = _NUMPY_BUILT[name]()
+    spec = fmap.spec()
+    text = json.dumps(spec)  # a numpy integer in the spec would make this (and save) fail
+    rebuilt = from_spec(json.loads(text))
+    assert rebuilt.spec() == spec
+    x = torch.randn(5, fmap.in_features, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert torch.equal(rebuilt(x), fmap(x))
+
+
+@pytest.mark.parametrize(
+    "build, error, message",
+    [
+        (lambda: RandomFCNN(True), TypeError, "in_features must be an integer, got True"),
+        (lambda: RandomFCNN(8, widths=[8, 2.5]), TypeError, r"widths\[1\] must be an integer, got 2.5"),
+        (lambda: RandomFCNN(8, widths="8"), ValueError, "widths must be a non-empty sequence"),
+        (lambda: RandomFCNN(8, seed=1.5), TypeError, "seed must be an integer, got 1.5"),
+        (lambda: RandomFCNN(8, negative_slope="0.1"), TypeError, "negative_slope must be a real number"),
+        (lambda: RandomFourier(8, sigma=None), TypeError, "sigma must be a real number, got None"),
+        (lambda: RandomFourier(8, out_features=0), ValueError, "out_features must be >= 1, got 0"),
+        (lambda: RandomLinear(8.0), TypeError, "in_features must be an integer, got 8.0"),
+        (lambda: Identity(True), TypeError, "in_features must be an integer, got True"),
+        (lambda: RandomConv((1, 4, 4), seed=True), TypeError, "seed must be an integer, got True"),
+    ],
+)
+def test_feature_map_arguments_are_checked(build, error, message):
+    with pytest.raises(error, match=message):
+        build()
