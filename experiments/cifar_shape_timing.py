@@ -4,7 +4,8 @@ CIFAR-10 is not needed: this writes random uint8 images of CIFAR-10's shape
 (50,000 + 10,000 images, 3 x 32 x 32, 10 classes) to a temporary .npz and runs
 the same protocol as experiments/paper_tables.py on it (FCNN, p = d = 3,072),
 timed from loading that file to the distilled model's test accuracy. Accuracy
-is meaningless on random labels; the weight error is not.
+is meaningless on random labels; the weight error is not. One more run, also in
+a fresh process, times the protocol's stages one by one.
 
     python experiments/cifar_shape_timing.py --repeats 4 [--ipc 10] [--device cuda]
     python experiments/cifar_shape_timing.py --n-train 2000 --n-test 500 --out /tmp/x   # a quick check
@@ -18,15 +19,20 @@ from __future__ import annotations
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import harness
 import numpy as np
 
-from distillmem.protocol import FEATURE_MAPS, run_protocol
+from distillmem import KRR, KRRDistiller
+from distillmem.data import load_dataset
+from distillmem.protocol import FEATURE_MAPS, make_feature_map, run_protocol
 
 N_TRAIN, N_TEST, SHAPE, K = 50_000, 10_000, (32, 32, 3), 10
 TARGET_SECONDS = 20.0  # the paper's GPU time for one CIFAR-10 run is 20-21 s
+#: The stages that profile_stages times, in order.
+STAGES = ("loading", "original model (features, Gram, lambda)", "distillation", "refit and test predictions")
 NUMBERS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 
 
@@ -41,6 +47,23 @@ def write_random_cifar(path: Path, n_train: int, n_test: int, seed: int = 0) -> 
     )
 
 
+def profile_stages(path: Path, feature_map: str, ipc: int, device: str | None) -> dict[str, float]:
+    """Seconds of each stage of one protocol run (as run_protocol does them), timed one by one."""
+    marks = [time.perf_counter()]
+    data = load_dataset("cifar10", path)
+    marks.append(time.perf_counter())
+    fmap = make_feature_map(feature_map, data.n_features, 0)
+    teacher = KRR(fmap, reg="auto", seed=0, refit=False, n_classes=data.n_classes, device=device)
+    teacher.fit(data.x_train, data.y_train)
+    marks.append(time.perf_counter())
+    distiller = KRRDistiller(ipc=ipc, seed=0).fit(data.x_train, data.y_train, teacher=teacher)
+    marks.append(time.perf_counter())
+    student = distiller.distilled_.fit_krr(device=device)
+    teacher.predict(data.x_test), student.predict(data.x_test)
+    marks.append(time.perf_counter())
+    return dict(zip(STAGES, np.diff(marks).tolist()))
+
+
 def measure(args) -> dict:
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -53,7 +76,8 @@ def measure(args) -> dict:
             runs.append({"seconds": result.seconds, "peak_rss_gb": peak, "recovery_error": result.recovery_error,
                          "agreement": result.agreement, "n_train": result.n_train})
             print(f"{result.seconds:.2f} s, peak RSS {peak:.2f} GB, weight error {result.recovery_error:.1e}", flush=True)
-    return {"feature_map": args.feature_map, "ipc": args.ipc, "device": args.device or "cpu",
+        stages, _ = harness.run_isolated(profile_stages, path=path, feature_map=args.feature_map, ipc=args.ipc, device=args.device)
+    return {"stages": stages, "feature_map": args.feature_map, "ipc": args.ipc, "device": args.device or "cpu",
             "n_train": args.n_train, "n_test": args.n_test, "runs": runs}
 
 
@@ -72,6 +96,9 @@ def markdown(payload: dict) -> str:
     ]
     lines += [f"| {i} | {r['n_train']} | {r['seconds']:.2f} | {r['peak_rss_gb']:.2f} | {r['recovery_error']:.1e} | {100 * r['agreement']:.2f}% |"
               for i, r in enumerate(payload["runs"])]
+    if "stages" in payload:
+        lines += ["", "| stage (one more run) | time (s) |", "|---|---|"]
+        lines += [f"| {name} | {seconds:.2f} |" for name, seconds in payload["stages"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -92,7 +119,16 @@ def readme(payload: dict) -> str:
         f"at most {harness.sci(max(r['recovery_error'] for r in runs))}; the distilled model made the same predictions "
         f"as the original on {harness.same_share(min(r['agreement'] for r in runs))} of test points.",
         "- The paper reports 20–21 s per CIFAR-10 run on an A5000 GPU.",
+        *_stages(payload),
     ])
+
+
+def _stages(payload: dict) -> list[str]:
+    """The profile bullet, for results that have one (earlier runs did not record it)."""
+    stages = payload.get("stages")
+    if stages is None:
+        return []
+    return ["- One more run, stage by stage: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in stages.items()) + "."]
 
 
 def main(argv: list[str] | None = None) -> int:
