@@ -237,7 +237,7 @@ def target_features(
     of standard deviation ``noise_std``, by default ``noise_scale * std(Y^+ W)``
     as in the paper's code. ``project`` maps Z before the (I - P) projection.
     The features are divided by ``fmap.range_scale``, and so are the targets
-    (reg by its square), which keeps W (docs/theory.md §6).
+    (reg by its square), which keeps W (docs/theory.md §6.2 and §11.2).
     """
     k = weights.shape[0]
     device = weights.device

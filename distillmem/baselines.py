@@ -378,7 +378,7 @@ def kip(
     the loss is the mean squared error of M^T T_S against T_B, and Adam
     (``lr``) updates X_S through autograd in phi. The paper's budget is
     ``KIP_PAPER_STEPS`` = 30,000 steps, the default; pass a smaller ``steps``
-    for a fixed budget (hours on a CPU at the default).
+    for a fixed budget.
 
     After the last step the returned set is evaluated once more in float64:
     its ``reg`` is lambda_S of the final points and its ``y`` the closed-form
