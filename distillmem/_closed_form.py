@@ -8,8 +8,8 @@ targets, Y = T_S^T and P = Y^+ Y, every D (m, p) of the form
 gives features Phi_S (m, p) with T_S^T phi_reg_s(Phi_S)^+ = W: Phi_S = pinv(D)^T
 for reg_s = 0, or the singular values of D mapped by the quadratic of
 Theorem 4.1 for reg_s > 0 (Theorem 5.1 in feature space). Z is random noise or,
-for real initialisation, phi_reg_s of real class-balanced points, which also
-gives soft labels (Corollary 4.1.1). A preimage of Phi_S under phi gives the
+for real initialisation, the regularised pseudo-inverse phi_reg_s(X_ref)^+ of
+real class-balanced points, which also gives soft labels (Corollary 4.1.1). A preimage of Phi_S under phi gives the
 points; refitting KRR on them measures how exact the set is.
 
 Convention of the public builders (``distill``/``KRRDistiller``,
@@ -123,16 +123,16 @@ def resolve_teacher(
     ``krr_params`` (reg, seed, n_classes, chunk_size, progress) is fitted on
     (x, y) on a copy of ``feature_map``.
     """
-    fmap = working_copy(resolve_map(feature_map, teacher), device)
+    chosen = resolve_map(feature_map, teacher)
     if teacher is not None:
         n_classes = krr_params.get("n_classes")
         if n_classes is not None and n_classes != teacher.n_classes_:
             raise ValueError(f"n_classes={n_classes} differs from the teacher's {teacher.n_classes_} classes")
-        return teacher, fmap
+        return teacher, working_copy(chosen, device)
     if x is None:
         raise ValueError("x (and y, unless x is an iterable of (x, y) batches) is required unless a fitted teacher is given")
-    teacher = KRR(fmap, device=device, **krr_params).fit(x, y, eval_set=eval_set)
-    return teacher, fmap
+    fmap = working_copy(chosen, device)
+    return KRR(fmap, device=device, **krr_params).fit(x, y, eval_set=eval_set), fmap
 
 
 # -- Theorem 4.1 -----------------------------------------------------------------
@@ -212,7 +212,6 @@ class TargetFeatures:
     reg: float  # reg_s / s^2, the set's lambda
     range_scale: float  # s
     soft_labels: bool
-    reference: torch.Tensor | None  # the real points of init="real", (m, d)
 
 
 def target_features(
@@ -232,7 +231,7 @@ def target_features(
 ) -> TargetFeatures:
     """Features Phi_S (m, p), m = k * ipc, that give back ``weights`` W (k, p), and their targets.
 
-    Z is phi_reg_s of ``reference`` (init "real", with soft labels T_S =
+    Z is phi_reg_s(``reference``)^+ (init "real", with soft labels T_S =
     pinv(Z)^T W^T when ``soft_labels`` and they have rank k) or Gaussian noise
     of standard deviation ``noise_std``, by default ``noise_scale * std(Y^+ W)``
     as in the paper's code. ``project`` maps Z before the (I - P) projection.
@@ -261,9 +260,7 @@ def target_features(
     free = free - y_pinv @ (targets.T @ free)
     features, reg_used = features_from_d(particular + free, reg_s, root)
     scale = float(fmap.range_scale(features))
-    return TargetFeatures(
-        features / scale, targets / scale, labels, reg_used, reg_used / scale**2, scale, soft_used, reference
-    )
+    return TargetFeatures(features / scale, targets / scale, labels, reg_used, reg_used / scale**2, scale, soft_used)
 
 
 # -- exactness -------------------------------------------------------------------
