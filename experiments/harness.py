@@ -56,7 +56,7 @@ from typing import Any, TypeVar
 import torch
 from tqdm import tqdm
 
-from distillmem._io import atomic_write_bytes
+from distillmem._io import atomic_write_bytes, output_target
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "experiments" / "results"
@@ -183,7 +183,13 @@ class Report:
 
     def run(self, report_only: bool, measure: Callable[[], dict[str, Any]], markdown: Callable[[dict], str],
             readme: Callable[[dict], str | None] | None = None) -> int:
-        """A script's flow: ``load()`` if ``report_only`` else ``record(measure())``, then publish; returns 0."""
+        """A script's flow: ``load()`` if ``report_only`` else ``record(measure())``, then publish; returns 0.
+
+        Before measuring, the output files must be writable: a long run is not lost to a bad ``--out``.
+        """
+        if not report_only:
+            self.out.mkdir(parents=True, exist_ok=True)
+            output_target(self.json_path), output_target(self.md_path)
         payload = self.load() if report_only else self.record(measure())
         text = markdown(payload)
         self.publish(text, None if readme is None else readme(payload))
@@ -205,8 +211,10 @@ class Report:
         if self.name not in readme_blocks(text):
             print(f"README has no block '<!-- results: {self.name} -->'; nothing shown there")
             return
-        atomic_write_bytes(README, replace_readme_block(text, self.name, readme).encode())
-        print(f"updated the README block {self.name}")
+        updated = replace_readme_block(text, self.name, readme)
+        if updated != text:
+            atomic_write_bytes(README, updated.encode())
+        print(f"README block {self.name} {'updated' if updated != text else 'already up to date'}")
 
 
 # -- the README's generated blocks -----------------------------------------------------------

@@ -208,6 +208,17 @@ def test_report_records_the_run_and_publishes_to_the_readme_only_from_the_result
     assert (tmp_path / "results" / "demo.md").read_text() == "# md\n"
 
 
+def test_an_unwritable_out_stops_the_run_before_measuring(tmp_path):
+    harness = _module("harness")
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "demo.json").mkdir()  # a folder where the JSON must go
+    measured = []
+    with pytest.raises(IsADirectoryError, match="demo.json"):
+        harness.Report("demo.py", "demo", out, []).run(False, lambda: measured.append(1) or {}, str)
+    assert measured == []
+
+
 def test_accuracy_and_formats():
     harness = _module("harness")
     assert harness.accuracy(torch.tensor([1, 2, 3, 4]), torch.tensor([1, 2, 0, 0])) == 0.5
