@@ -67,7 +67,7 @@ class Config:
     seed: int = 0
     rounds: int = 1
     deadline_s: float = 300.0
-    min_clients: int = 1
+    min_clients: int = 2
     centralized: bool = True
     results_path: str = ""
 
