@@ -211,7 +211,7 @@ def readme(payload: dict) -> str:
     """The README block: each route at the largest n, and how time and memory grow with n."""
     rows = payload["runs"]
     largest = max(r["n"] for r in rows)
-    lines = [f"10^{len(str(largest)) - 1} points of dimension 784 from a memory-mapped file, with FCNN features, "
+    lines = [f"{largest:,} points of dimension 784 from a memory-mapped file, with FCNN features, "
              f"timed from opening the file to the distilled set: `{payload['command']}` on {payload['machine']}.",
              "", f"| route (n = {largest:,}) | time | peak memory |", "|---|---|---|"]
     for route in sorted({r["route"] for r in rows}, key=list(ROUTE_NAMES).index):
