@@ -81,7 +81,10 @@ class DistilledBuffer(ExemplarsBuffer):
         A surjective map on flattened inputs (``Identity``, ``RandomFCNN``,
         ``RandomFourier`` with p <= d); default ``Identity()``.
     reg : float
-        lambda of the KRR head each experience is distilled from.
+        lambda of the KRR head each experience is distilled from. A large
+        lambda keeps the points closest to real images (the head is then
+        dominated by class sums of the inputs); the default suits experiences
+        of a few hundred to a few thousand normalised images (see the README).
     init : {"real", "noise"}
         Start of the closed form (``distillmem.distill``).
     soft_labels : bool
@@ -104,7 +107,7 @@ class DistilledBuffer(ExemplarsBuffer):
         max_size: int,
         *,
         feature_map: FeatureMap | None = None,
-        reg: float = 1.0,
+        reg: float = 1e4,
         init: str = "real",
         soft_labels: bool = True,
         n_classes: int | None = None,

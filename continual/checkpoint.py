@@ -14,12 +14,13 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 import distillmem as dm
+from distillmem.sketch import GramSketch
 
 from .strategy import KRRStrategy
 
 FORMAT = "distillmem.continual.KRRMemory"
 FORMAT_VERSION = "1"
-_TENSORS = {"moments": ("features", "targets"), "per-class": ("x", "y", "labels")}
+_TENSORS = {"moments": ("features", "targets"), "sketch": ("sketch", "cross"), "per-class": ("x", "y", "labels")}
 
 
 def save_memory(strategy: KRRStrategy, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
@@ -38,6 +39,9 @@ def save_memory(strategy: KRRStrategy, path: str | os.PathLike[str], *, overwrit
     if strategy.memory_kind == "moments":
         tensors = {"features": memory.features_, "targets": memory.targets_}
         extra = {"n_seen": memory.n_seen_, "n_features_in": memory.n_features_in_}
+    elif strategy.memory_kind == "sketch":
+        tensors = {"sketch": memory.sketch_, "cross": memory.cross_}
+        extra = {"n_seen": memory.n_seen_, "n_features_in": memory.n_features_in_, "shrinkage": memory.shrinkage_}
     else:
         tensors = {"x": memory.x, "y": memory.y, "labels": memory.labels}
         extra = {"set_reg": memory.reg}
@@ -110,6 +114,12 @@ def load_memory(strategy: KRRStrategy, path: str | os.PathLike[str]) -> KRRStrat
         memory = dm.MomentMemory.from_features(
             strategy.feature_map, k, tensors["features"], tensors["targets"], n_seen=int(meta["n_seen"]),
             max_points=strategy.max_points, shrink=strategy.shrink,
+        )
+        weights = memory.fit_krr(float(meta["reg"])).weights_
+    elif meta["kind"] == "sketch":
+        memory = GramSketch.from_arrays(
+            strategy.feature_map, tensors["sketch"], tensors["cross"], float(meta["shrinkage"]),
+            n_seen=int(meta["n_seen"]), n_features_in=int(meta["n_features_in"]), rank=strategy.max_points,
         )
         weights = memory.fit_krr(float(meta["reg"])).weights_
     else:

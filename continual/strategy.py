@@ -13,10 +13,11 @@ from torch import nn
 
 import distillmem as dm
 from distillmem.features import FeatureMap
+from distillmem.sketch import GramSketch
 
 from .data import ExperienceData, read_experience
 
-MEMORIES = ("moments", "per-class")
+MEMORIES = ("moments", "sketch", "per-class")
 #: lambda candidates of ``reg="auto"``: 10^-6 .. 10^5.5, as in the paper's grid.
 REG_GRID: tuple[float, ...] = tuple(10.0 ** (e / 2) for e in range(-12, 12))
 
@@ -52,6 +53,10 @@ class KRRStrategy(SupervisedTemplate):
       memory never exceeds p points ((p, p + k) float64) however long the
       stream. ``max_points=r`` keeps at most r points (``shrink`` as in
       MomentMemory), trading exactness for size.
+    - ``"sketch"``: ``memory`` is a ``distillmem.sketch.GramSketch``: the
+      cross moments Phi^T T (p, k) exactly and a frequent-directions sketch of
+      the Gram with ``max_points`` rows (its shrinkage added back), so only the
+      Gram is compressed; exact when ``max_points`` is None.
     - ``"per-class"``: the paper's per-class set, for comparison: after each
       experience KRR is refitted on the set plus the new data and distilled
       again to ``ipc`` points per class seen (``memory`` is that
@@ -68,7 +73,7 @@ class KRRStrategy(SupervisedTemplate):
         (``"moments"`` only) by generalised cross-validation over ``reg_grid``,
         which needs only the memory's spectrum and the number of samples.
     max_points, shrink : see MomentMemory.
-    memory : {"moments", "per-class"}
+    memory : {"moments", "sketch", "per-class"}
     ipc : int
         Points per class of the ``"per-class"`` memory.
     n_classes : int, optional
@@ -80,7 +85,7 @@ class KRRStrategy(SupervisedTemplate):
 
     Attributes
     ----------
-    memory : MomentMemory or DistilledSet or None
+    memory : MomentMemory or GramSketch or DistilledSet or None
     reg_ : float
         The lambda of the current head.
     """
@@ -111,7 +116,7 @@ class KRRStrategy(SupervisedTemplate):
             if reg != "auto":
                 raise ValueError(f'reg must be a float >= 0 or "auto", got {reg!r}')
             if memory != "moments":
-                raise ValueError('reg="auto" selects lambda from a moments memory; use memory="moments" or a fixed reg')
+                raise ValueError(f'reg="auto" selects lambda from a moments memory, not memory={memory!r}; use a fixed reg')
         elif isinstance(reg, bool) or not (isinstance(reg, (int, float)) and math.isfinite(reg) and reg >= 0):
             raise ValueError(f'reg must be a float >= 0 or "auto", got {reg!r}')
         if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
@@ -140,7 +145,7 @@ class KRRStrategy(SupervisedTemplate):
         self.ipc = ipc
         self.n_classes = n_classes
         self.reg_grid = grid
-        self.memory: dm.MomentMemory | dm.DistilledSet | None = None
+        self.memory: dm.MomentMemory | GramSketch | dm.DistilledSet | None = None
         self.memory_classes_: tuple[int, ...] = ()
 
     # -- the template's SGD steps, replaced by one closed-form pass -------------------
@@ -176,6 +181,13 @@ class KRRStrategy(SupervisedTemplate):
             reg = select_reg(memory, self.reg_grid) if self.reg == "auto" else float(self.reg)
             weights = memory.fit_krr(reg).weights_
             classes: tuple[int, ...] = ()
+        elif self.memory_kind == "sketch":
+            fresh = GramSketch(self.feature_map, k, rank=self.max_points).update(x, data.y)
+            # merge returns a new sketch: the current one is untouched if anything fails.
+            memory = fresh if self.memory is None else self.memory.merge(fresh)
+            reg = float(self.reg)
+            weights = memory.fit_krr(reg).weights_
+            classes = ()
         else:
             memory, classes, weights = self._per_class_update(x, data.y, k)
             reg = float(self.reg)
@@ -208,6 +220,8 @@ class KRRStrategy(SupervisedTemplate):
         """Bytes of the memory's state (points and targets, float64)."""
         if self.memory is None:
             return 0
+        if isinstance(self.memory, GramSketch):
+            return self.memory.nbytes
         if isinstance(self.memory, dm.MomentMemory):
             tensors = (self.memory.features_, self.memory.targets_)
         else:
@@ -218,6 +232,8 @@ class KRRStrategy(SupervisedTemplate):
     def memory_points(self) -> int:
         if self.memory is None:
             return 0
+        if isinstance(self.memory, GramSketch):
+            return self.memory.sketch_.shape[0]
         return self.memory.n_points if isinstance(self.memory, dm.MomentMemory) else len(self.memory)
 
     def _resolve_n_classes(self) -> int:

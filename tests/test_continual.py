@@ -311,6 +311,25 @@ def test_krr_strategy_auto_reg_refits_at_the_chosen_lambda(bench):
         assert torch.equal(strategy.model.weights, strategy.memory.fit_krr(strategy.reg_).weights_)
 
 
+def test_sketch_memory_keeps_cross_moments_exact_and_bounds_bytes(krr_run, exp_tensors, bench):
+    """memory="sketch": exact without a rank; with rank r, R stays exact and the Gram takes r rows."""
+    _, steps = krr_run
+    exact = KRRStrategy(feature_map=dm.features.RandomFCNN(in_features=64, seed=0), reg=1.0, memory="sketch",
+                        evaluator=quiet_evaluator())
+    small = KRRStrategy(feature_map=dm.features.RandomFCNN(in_features=64, seed=0), reg=1.0, memory="sketch",
+                        max_points=16, evaluator=quiet_evaluator())
+    for exp in bench.train_stream:
+        exact.train(exp)
+        small.train(exp)
+        assert small.memory_points <= 16 and small.memory_nbytes == (16 * 64 + 64 * 10 + 1) * 8
+    assert rel_err(exact.model.weights, steps[-1][0]) <= 1e-6
+    x = torch.cat([x for x, _ in exp_tensors])
+    y = torch.cat([y for _, y in exp_tensors])
+    cross = dm.features.RandomFCNN(in_features=64, seed=0)(x).T @ torch.nn.functional.one_hot(y, 10).double()
+    assert rel_err(small.memory.cross_, cross) <= 1e-12
+    assert 1e-6 < rel_err(small.model.weights, steps[-1][0]) < 1
+
+
 def test_per_class_memory_reproduces_its_refitted_head(bench):
     strategy = KRRStrategy(feature_map=dm.features.Identity(), reg=1.0, memory="per-class", ipc=3,
                            evaluator=quiet_evaluator())
@@ -325,7 +344,7 @@ def test_per_class_memory_reproduces_its_refitted_head(bench):
 # -- checkpoints ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("memory", ["moments", "per-class"])
+@pytest.mark.parametrize("memory", ["moments", "sketch", "per-class"])
 def test_checkpoint_resume_gives_the_same_memory_and_results(bench, tmp_path, memory):
     def make() -> KRRStrategy:
         return KRRStrategy(feature_map=dm.features.RandomFCNN(in_features=64, seed=0), reg=1.0, max_points=30,

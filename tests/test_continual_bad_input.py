@@ -203,6 +203,7 @@ def test_strategy_declared_class_without_samples(trained_strategy_state, bench):
         ({"reg": "gcv"}, "reg must be a float >= 0"),
         ({"memory": "exemplars"}, "memory must be one of"),
         ({"reg": "auto", "memory": "per-class"}, 'reg="auto" selects lambda'),
+        ({"reg": "auto", "memory": "sketch"}, "not memory='sketch'"),
         ({"ipc": 0}, "ipc must be an integer >= 1"),
         ({"n_classes": 0}, "n_classes must be None or an integer >= 1"),
         ({"reg_grid": []}, "reg_grid must be a non-empty"),
