@@ -35,6 +35,28 @@ API (small and stable; the continual and federated experiments use it too):
 - ``progress(iterable, desc)``: a tqdm bar on stderr (silent when stderr is not a terminal).
 - ``readme_blocks(text)`` and ``replace_readme_block(text, name, body)``: the README's generated
   blocks, written between ``<!-- results: NAME -->`` and ``<!-- /results -->`` lines.
+
+A new experiment is a script of this shape; ``tests/test_experiments.py`` then checks its
+``--help``, its ``--report-only`` on each committed JSON and its README block::
+
+    import sys
+
+    import harness
+
+    def measure(args) -> dict: ...        # the figures, JSON-able
+    def markdown(payload) -> str: ...     # the full table, from the JSON alone
+    def readme(payload) -> str: ...       # optional: the README block named like the result
+
+    def main(argv: list[str] | None = None) -> int:
+        parser = harness.parser(__doc__.split("\n\n")[0], data="the dataset's location", seeds=(0,))
+        args = parser.parse_args(argv)
+        if not args.report_only:
+            harness.require_data(parser, args)
+        report = harness.Report(__file__, "my_result", args.out, argv)
+        return report.run(args.report_only, lambda: measure(args), markdown, readme)
+
+    if __name__ == "__main__":
+        sys.exit(main())
 """
 
 from __future__ import annotations

@@ -147,6 +147,39 @@ def run_one(route: str, x_path: str, y_path: str) -> dict:
     }
 
 
+def measure(args) -> list[dict]:
+    """Every (n, route) run in a fresh process, on data written to a temporary folder and deleted after."""
+    folder = Path(tempfile.mkdtemp(prefix="distillmem-scale-", dir=args.tmp))
+    rows = []
+    try:
+        for n in harness.progress(sorted(args.sizes), "sizes"):
+            routes = [r for r in args.routes if not r.endswith("auto") or n in args.auto_sizes]
+            paths = {}
+            for dtype in sorted({"float32" if r.endswith("f32") else "uint8" for r in routes}):
+                t0 = time.perf_counter()
+                paths[dtype] = write_data(folder, n, dtype)
+                print(f"wrote n={n:,} {dtype} in {time.perf_counter() - t0:.1f} s", flush=True)
+            for route in routes:
+                x_path, y_path = paths["float32" if route.endswith("f32") else "uint8"]
+                drop_page_cache(x_path)
+                drop_page_cache(y_path)
+                row, peak = harness.run_isolated(run_one, route=route, x_path=str(x_path), y_path=str(y_path))
+                row["peak_rss_gb"] = peak
+                rows.append(row)
+                print(
+                    f"{route:>15} n={n:>9,}: {row['seconds']:7.1f} s ({row['seconds_per_1e5']:.2f} s/1e5)  "
+                    f"peak {row['peak_rss_gb']:.2f} GB  error {row['recovery_error']:.1e}  reg {row['reg']:.3g}  "
+                    f"load {row['loadavg_1min_before']:.1f}/{row['loadavg_1min_after']:.1f}",
+                    flush=True,
+                )
+            for path in {p for pair in paths.values() for p in pair}:
+                path.unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return rows
+
+
+
 # -- report -----------------------------------------------------------------------------
 
 
@@ -243,38 +276,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--sizes must be positive, got {args.sizes}")
     report = harness.Report(__file__, "scale", args.out, argv)
     return report.run(args.report_only, lambda: {"chunk_size": CHUNK, "ipc": IPC, "runs": measure(args)}, markdown, readme)
-
-
-def measure(args) -> list[dict]:
-    """Every (n, route) run in a fresh process, on data written to a temporary folder and deleted after."""
-    folder = Path(tempfile.mkdtemp(prefix="distillmem-scale-", dir=args.tmp))
-    rows = []
-    try:
-        for n in harness.progress(sorted(args.sizes), "sizes"):
-            routes = [r for r in args.routes if not r.endswith("auto") or n in args.auto_sizes]
-            paths = {}
-            for dtype in sorted({"float32" if r.endswith("f32") else "uint8" for r in routes}):
-                t0 = time.perf_counter()
-                paths[dtype] = write_data(folder, n, dtype)
-                print(f"wrote n={n:,} {dtype} in {time.perf_counter() - t0:.1f} s", flush=True)
-            for route in routes:
-                x_path, y_path = paths["float32" if route.endswith("f32") else "uint8"]
-                drop_page_cache(x_path)
-                drop_page_cache(y_path)
-                row, peak = harness.run_isolated(run_one, route=route, x_path=str(x_path), y_path=str(y_path))
-                row["peak_rss_gb"] = peak
-                rows.append(row)
-                print(
-                    f"{route:>15} n={n:>9,}: {row['seconds']:7.1f} s ({row['seconds_per_1e5']:.2f} s/1e5)  "
-                    f"peak {row['peak_rss_gb']:.2f} GB  error {row['recovery_error']:.1e}  reg {row['reg']:.3g}  "
-                    f"load {row['loadavg_1min_before']:.1f}/{row['loadavg_1min_after']:.1f}",
-                    flush=True,
-                )
-            for path in {p for pair in paths.values() for p in pair}:
-                path.unlink(missing_ok=True)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    return rows
 
 
 if __name__ == "__main__":
