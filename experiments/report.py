@@ -26,8 +26,11 @@ def results(folder: Path = harness.RESULTS) -> dict[str, dict]:
 
 
 def script(payload: dict) -> ModuleType:
-    """The experiment script that wrote ``payload``, imported as a module."""
-    return importlib.import_module(payload["script"])
+    """The experiment script that wrote ``payload``, imported as a module; only a script of experiments/."""
+    name = payload.get("script")
+    if not isinstance(name, str) or not (Path(harness.__file__).parent / f"{name}.py").is_file():
+        raise ValueError(f"result names script {name!r}, which is not a script in experiments/")
+    return importlib.import_module(name)
 
 
 def stale(folder: Path = harness.RESULTS, readme: Path = harness.README) -> list[str]:

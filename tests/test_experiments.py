@@ -90,6 +90,8 @@ def test_stale_finds_a_hand_edited_block_an_edited_json_and_a_missing_markdown(t
     assert any("conv_map.md" in line for line in found)
     (results / "scale.json").unlink()
     assert "README block scale has no scale.json" in report.stale(results, readme)
+    with pytest.raises(ValueError, match="'os'"):
+        report.script({"script": "os"})
 
 
 # -- every script ---------------------------------------------------------------------------------
