@@ -362,3 +362,16 @@ def test_labels_out_of_range_and_too_many_points_are_rejected_in_real_mode():
 def test_quorum_not_met_stops_the_run_with_who_failed():
     with pytest.raises(RuntimeError, match=r"quorum not met: 1 valid uploads, min-clients=2.*disk on fire"):
         simulate(num_clients=2, mode="means", engine="inprocess", client_app=_tampering_app({1: _crash}), min_clients=2)
+
+
+def test_readme_federated_example_prints_what_the_readme_shows(capsys):
+    from pathlib import Path
+    import re
+
+    section = (Path(__file__).resolve().parents[1] / "README.md").read_text().split("## Quickstart: federated learning")[1]
+    code, shown = re.findall(r"```(?:python)?\n(.*?)```", section, re.S)[:2]
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.strip().splitlines()
+    # Accuracies and bytes are deterministic; the weight errors of the exact modes are rounding.
+    strip = lambda line: line.split(", weight error")[0]  # noqa: E731
+    assert [strip(line) for line in printed] == [strip(line) for line in shown.strip().splitlines()]
