@@ -66,6 +66,13 @@ def check_teacher(teacher: Any) -> KRR:
     return teacher
 
 
+def check_classes(n_classes: int | None, teacher: KRR) -> int:
+    """The teacher's number of classes k; a given ``n_classes`` must equal it."""
+    if n_classes is not None and n_classes != teacher.n_classes_:
+        raise ValueError(f"n_classes={n_classes} differs from the teacher's {teacher.n_classes_} classes")
+    return teacher.n_classes_
+
+
 def check_ipc(ipc: Any) -> int:
     return check_int(ipc, "ipc", minimum=1)
 
@@ -125,9 +132,7 @@ def resolve_teacher(
     """
     chosen = resolve_map(feature_map, teacher)
     if teacher is not None:
-        n_classes = krr_params.get("n_classes")
-        if n_classes is not None and n_classes != teacher.n_classes_:
-            raise ValueError(f"n_classes={n_classes} differs from the teacher's {teacher.n_classes_} classes")
+        check_classes(krr_params.get("n_classes"), teacher)
         return teacher, working_copy(chosen, device)
     if x is None:
         raise ValueError("x (and y, unless x is an iterable of (x, y) batches) is required unless a fitted teacher is given")

@@ -39,6 +39,7 @@ from ._closed_form import (
     INITS,
     build_set,
     check_choice,
+    check_classes,
     check_ipc,
     check_reg_s,
     class_interleaved_labels,
@@ -84,9 +85,7 @@ class _Problem:
         if teacher is not None:
             if d != teacher.n_features_in_:
                 raise ValueError(f"x has {d} features, the teacher was fitted on {teacher.n_features_in_}")
-            if n_classes is not None and n_classes != teacher.n_classes_:
-                raise ValueError(f"n_classes={n_classes} differs from the teacher's {teacher.n_classes_} classes")
-            n_classes = teacher.n_classes_
+            n_classes = check_classes(n_classes, teacher)
         self.targets, self.k = as_targets(y, n, n_classes)
         self.classes = self.targets.argmax(dim=1)
         check_labels(self.classes, self.k)

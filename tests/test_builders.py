@@ -118,6 +118,17 @@ def test_a_given_teacher_is_distilled_rather_than_refitted(name):
     assert s.feature_map_spec == teacher.feature_map_.spec()
 
 
+@pytest.mark.parametrize("call", [
+    lambda t: distill(X, Y, teacher=t, n_classes=K + 1),
+    lambda t: distill_labels(X[:15], teacher=t, n_classes=K + 1),
+    lambda t: random_subset(X, Y, teacher=t, n_classes=K + 1),
+    lambda t: kip(X, Y, teacher=t, n_classes=K + 1, steps=1),
+], ids=["distill", "distill_labels", "random_subset", "kip"])
+def test_n_classes_must_agree_with_the_teacher(call):
+    with pytest.raises(ValueError, match=f"n_classes={K + 1} differs from the teacher's {K} classes"):
+        call(KRR(_fcnn(), reg=1e-2).fit(X, Y))
+
+
 # -- the caller's feature map and teacher are not moved ----------------------------------------------------
 
 
