@@ -92,3 +92,4 @@ def pytest_configure(config: pytest.Config) -> None:
     # Slower end-to-end federated runs, selectable with -m (CI runs them too).
     config.addinivalue_line("markers", "ray: runs the federated app on Flower's Simulation Engine (Ray)")
     config.addinivalue_line("markers", "flwr_run: runs `flwr run .` with a managed local SuperLink")
+    config.addinivalue_line("markers", "deployment: a real SuperLink and SuperNodes as processes on loopback (TLS)")
