@@ -387,3 +387,38 @@ def test_checkpoint_rejects_foreign_or_mismatched_files(bench, tmp_path):
     junk.write_bytes(b"not a file at all")
     with pytest.raises(ValueError, match="not a readable memory file"):
         load_memory(KRRStrategy(feature_map=dm.features.Identity(), reg=1.0), junk)
+
+
+def test_avalanche_checkpointing_resumes_a_krr_strategy(bench, tmp_path):
+    """Avalanche's own save_checkpoint / maybe_load_checkpoint (dill pickles: trusted files only) also resume it."""
+    from avalanche.checkpointing import maybe_load_checkpoint, save_checkpoint
+
+    def make() -> KRRStrategy:
+        return KRRStrategy(feature_map=dm.features.RandomFCNN(in_features=64, seed=0), reg=1.0, max_points=30,
+                           evaluator=quiet_evaluator())
+
+    straight = make()
+    for exp in bench.train_stream[:2]:
+        straight.train(exp)
+    save_checkpoint(straight, str(tmp_path / "strategy.pkl"))
+    resumed, next_exp = maybe_load_checkpoint(make(), str(tmp_path / "strategy.pkl"))
+    assert next_exp == 2 and torch.equal(resumed.model.weights, straight.model.weights)
+    for exp in bench.train_stream[2:]:
+        straight.train(exp)
+        resumed.train(exp)
+    assert torch.equal(resumed.model.weights, straight.model.weights)
+    assert torch.equal(resumed.memory.features_, straight.memory.features_)
+
+
+def test_krr_strategy_task_incremental_stream():
+    """With task labels the head is the same joint KRR head: it scores every class seen."""
+    tasks = split_benchmark("digits", n_experiences=5, seed=0, task_labels=True)
+    plain = split_benchmark("digits", n_experiences=5, seed=0)
+    with_tasks = KRRStrategy(feature_map=dm.features.Identity(), reg=1.0, evaluator=quiet_evaluator())
+    without = KRRStrategy(feature_map=dm.features.Identity(), reg=1.0, evaluator=quiet_evaluator())
+    for exp_t, exp_c in zip(tasks.train_stream, plain.train_stream):
+        with_tasks.train(exp_t)
+        without.train(exp_c)
+    assert torch.equal(with_tasks.model.weights, without.model.weights)
+    results = with_tasks.eval(tasks.test_stream)
+    assert any(k.startswith(ACC) for k in results)
