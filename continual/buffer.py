@@ -17,7 +17,7 @@ from avalanche.training.storage_policy import ExemplarsBuffer
 import distillmem as dm
 from distillmem.features import FeatureMap, Identity
 
-from .data import ExperienceData, read_experience
+from .data import ExperienceData, check_fits, read_experience
 
 
 @dataclass(frozen=True)
@@ -213,14 +213,7 @@ class DistilledBuffer(ExemplarsBuffer):
     def _check_fits(self, data: ExperienceData) -> None:
         if self.input_shape is not None and data.input_shape != self.input_shape:
             raise ValueError(f"the experience's inputs have shape {data.input_shape}, earlier ones had {self.input_shape}")
-        width = math.prod(data.input_shape)
-        try:
-            self.feature_map.check_input(data.x[:1].reshape(1, width))
-        except ValueError as err:
-            raise ValueError(
-                f"feature_map {self.feature_map!r} does not fit the experience's inputs of shape "
-                f"{data.input_shape} (flattened width {width}): {err}"
-            ) from None
+        check_fits(self.feature_map, data)
 
     def _distill_experience(self, data: ExperienceData, classes: tuple[int, ...], ipc: int) -> DistilledGroup:
         local = torch.searchsorted(torch.tensor(classes), data.y)

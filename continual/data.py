@@ -5,8 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import math
+
 import torch
 from torch.utils.data import DataLoader
+
+from distillmem.features import FeatureMap
 
 _READ_BATCH = 4096
 
@@ -63,3 +67,15 @@ def read_experience(dataset, *, classes: Sequence[int] | None = None) -> Experie
     if len(tasks) != 1:
         raise ValueError(f"an experience must carry one task label, found {tasks}")
     return ExperienceData(x, y, int(tasks[0]))
+
+
+def check_fits(feature_map: FeatureMap, data: ExperienceData) -> None:
+    """Raise ValueError, naming the map and the inputs' shape, if the map does not take the flattened inputs."""
+    width = math.prod(data.input_shape)
+    try:
+        feature_map.check_input(data.x[:1].reshape(1, width))
+    except ValueError as err:
+        raise ValueError(
+            f"feature_map {feature_map!r} does not fit the experience's inputs of shape "
+            f"{data.input_shape} (flattened width {width}): {err}"
+        ) from None

@@ -15,7 +15,7 @@ import distillmem as dm
 from distillmem.features import FeatureMap
 from distillmem.sketch import GramSketch
 
-from .data import ExperienceData, read_experience
+from .data import ExperienceData, check_fits, read_experience
 
 MEMORIES = ("moments", "sketch", "per-class")
 #: lambda candidates of ``reg="auto"``: 10^-6 .. 10^5.5, as in the paper's grid.
@@ -162,19 +162,14 @@ class KRRStrategy(SupervisedTemplate):
         k = self._resolve_n_classes()
         if int(data.y.max()) >= k:
             raise ValueError(f"the experience has class {int(data.y.max())}, outside n_classes={k}")
+        check_fits(self.feature_map, data)
         x = data.x.reshape(data.x.shape[0], -1).to(torch.float64)
-        width = x.shape[1]
-        try:
-            self.feature_map.check_input(x[:1])
-        except ValueError as err:
-            raise ValueError(
-                f"feature_map {self.feature_map!r} does not fit the experience's inputs of shape "
-                f"{data.input_shape} (flattened width {width}): {err}"
-            ) from None
         if self.memory_kind == "moments":
             memory = self.memory
             if memory is None:
-                memory = dm.MomentMemory(self.feature_map, k, max_points=self.max_points, shrink=self.shrink)
+                memory = dm.MomentMemory(
+                    self.feature_map, k, max_points=self.max_points, shrink=self.shrink, device=self.device
+                )
             # One update per experience, so a budget is enforced once, after the whole experience; the
             # memory only changes once the update has succeeded.
             memory.update(x, data.y)
@@ -182,7 +177,7 @@ class KRRStrategy(SupervisedTemplate):
             weights = memory.fit_krr(reg).weights_
             classes: tuple[int, ...] = ()
         elif self.memory_kind == "sketch":
-            fresh = GramSketch(self.feature_map, k, rank=self.max_points).update(x, data.y)
+            fresh = GramSketch(self.feature_map, k, rank=self.max_points, device=self.device).update(x, data.y)
             # merge returns a new sketch: the current one is untouched if anything fails.
             memory = fresh if self.memory is None else self.memory.merge(fresh)
             reg = float(self.reg)
