@@ -10,23 +10,21 @@ equal points: Avalanche's ClassBalancedBuffer (random real exemplars) against
 DistilledBuffer; plus Naive without replay. Final accuracy on the whole test
 stream, and the share of the wall time spent distilling.
 
-    PYTHONPATH=. python experiments/continual_split.py                       # split digits, embedded
-    PYTHONPATH=. python experiments/continual_split.py --dataset mnist --data path/to/mnist.npz
+    python experiments/continual_split.py                       # split digits, embedded
+    python experiments/continual_split.py --dataset mnist --data path/to/mnist.npz
+    python experiments/continual_split.py --report-only
 
 Writes experiments/results/continual_split_<dataset>.{md,json}.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
-import shlex
 import sys
 import time
 import warnings
-from pathlib import Path
 
+import harness
 import torch
 from avalanche.evaluation.metrics import accuracy_metrics
 from avalanche.training import Naive
@@ -38,7 +36,6 @@ import distillmem as dm
 from continual import DistilledBuffer, KRRStrategy, split_benchmark
 from continual.data import read_experience
 
-REPO = Path(__file__).resolve().parents[1]
 ACC = "Top1_Acc_Stream/eval_phase/test_stream"
 
 
@@ -130,7 +127,7 @@ def neural_run(bench, d: int, policy, args, seed: int) -> dict:
 
 def neural_part(bench, d: int, args) -> dict:
     rows = []
-    for seed in range(args.seeds):
+    for seed in args.seeds:
         rows.append({"method": "naive, no replay", "mem": 0, "seed": seed, **neural_run(bench, d, None, args, seed)})
         for mem in args.mem_sizes:
             rows.append({"method": "random real (ClassBalancedBuffer)", "mem": mem, "seed": seed,
@@ -144,7 +141,7 @@ def neural_part(bench, d: int, args) -> dict:
 
 def markdown(result: dict) -> str:
     lines = [f"# Split {result['dataset']} with continual/", "", f"Command: `{result['command']}` "
-             f"({result['seconds']:.0f} s, torch {result['torch']}).", "",
+             f"({result['seconds']:.0f} s, torch {result['torch']}; machine: {result['machine']}).", "",
              f"{result['n_experiences']} experiences, class order {result['class_order']}.", "",
              "## KRRStrategy against joint KRR (RandomFCNN(d, seed=0), lambda = 1)", "",
              "| experience | method | weight error vs joint | accuracy | joint accuracy | points | bytes |",
@@ -168,10 +165,27 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def measure(args) -> dict:
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message="No loggers specified")
+    start = time.perf_counter()
+    bench = split_benchmark(args.dataset, args.data, n_experiences=args.n_experiences, seed=args.seed)
+    d = int(torch.tensor(bench.train_stream[0].dataset[0][0].shape).prod())
+    result = {
+        "dataset": args.dataset, "n_experiences": args.n_experiences, "class_order": list(bench.classes_order),
+        "args": {k: v for k, v in vars(args).items() if k not in ("data", "out", "report_only")},
+        "torch": torch.__version__, "python": platform.python_version(),
+        "krr": krr_part(bench, d, args.reg, args.budget, args.ipc) if "krr" in args.parts else {"rows": []},
+        "neural": neural_part(bench, d, args) if "neural" in args.parts else {"rows": []},
+    }
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = harness.parser(__doc__.splitlines()[0], data="the dataset: a .npz file, an IDX folder or a torchvision "
+                            "root (not needed for digits)", seeds=(0,))
     parser.add_argument("--dataset", default="digits")
-    parser.add_argument("--data", type=Path)
     parser.add_argument("--n-experiences", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0, help="class order")
     parser.add_argument("--reg", type=float, default=1.0)
@@ -180,33 +194,16 @@ def main() -> None:
     parser.add_argument("--mem-sizes", type=int, nargs="+", default=[10, 50, 100])
     parser.add_argument("--buffer-regs", type=float, nargs="+", default=[1.0, 100.0, 1e4])
     parser.add_argument("--parts", nargs="+", default=["krr", "neural"], choices=["krr", "neural"])
-    parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--out", type=Path, default=REPO / "experiments" / "results")
-    args = parser.parse_args()
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", message="No loggers specified")
-    start = time.perf_counter()
-    bench = split_benchmark(args.dataset, args.data, n_experiences=args.n_experiences, seed=args.seed)
-    d = int(torch.tensor(bench.train_stream[0].dataset[0][0].shape).prod())
-    result = {
-        "dataset": args.dataset, "n_experiences": args.n_experiences, "class_order": list(bench.classes_order),
-        "command": "PYTHONPATH=. python " + " ".join(shlex.quote(a) for a in sys.argv),
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "torch": torch.__version__, "python": platform.python_version(),
-        "krr": krr_part(bench, d, args.reg, args.budget, args.ipc) if "krr" in args.parts else {"rows": []},
-        "neural": neural_part(bench, d, args) if "neural" in args.parts else {"rows": []},
-    }
-    result["seconds"] = time.perf_counter() - start
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"continual_split_{args.dataset}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    stem.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    args = parser.parse_args(argv)
+    if not args.report_only and args.dataset != "digits":
+        harness.require_data(parser, args, args.dataset)
+    report = harness.Report(__file__, f"continual_split_{args.dataset}", args.out, argv)
+    return report.run(args.report_only, lambda: measure(args), markdown)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

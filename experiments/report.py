@@ -21,8 +21,14 @@ import harness
 
 
 def results(folder: Path = harness.RESULTS) -> dict[str, dict]:
-    """``{name: payload}`` of every ``<name>.json`` in ``folder``."""
-    return {path.stem: json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))}
+    """``{name: payload}`` of every ``<name>.json`` in ``folder``; each must be a harness record."""
+    payloads = {}
+    for path in sorted(folder.glob("*.json")):
+        payloads[path.stem] = json.loads(path.read_text())
+        missing = [key for key in harness.RECORD_KEYS if key not in payloads[path.stem]]
+        if missing:
+            raise ValueError(f"{path} was not written by the harness (no {', '.join(missing)}); see experiments/harness.py")
+    return payloads
 
 
 def script(payload: dict) -> ModuleType:

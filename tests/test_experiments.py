@@ -92,6 +92,9 @@ def test_stale_finds_a_hand_edited_block_an_edited_json_and_a_missing_markdown(t
     assert "README block scale has no scale.json" in report.stale(results, readme)
     with pytest.raises(ValueError, match="'os'"):
         report.script({"script": "os"})
+    (results / "by_hand.json").write_text('{"figure": 1}')
+    with pytest.raises(ValueError, match=r"by_hand\.json was not written by the harness"):
+        report.stale(results, readme)
 
 
 # -- every script ---------------------------------------------------------------------------------
