@@ -422,3 +422,26 @@ def test_krr_strategy_task_incremental_stream():
     assert torch.equal(with_tasks.model.weights, without.model.weights)
     results = with_tasks.eval(tasks.test_stream)
     assert any(k.startswith(ACC) for k in results)
+
+
+def test_krr_strategy_with_avalanche_metrics_and_loggers(bench, tmp_path):
+    """Forgetting metrics, the text and CSV loggers and the default evaluator run unchanged on KRRStrategy."""
+    from avalanche.evaluation.metrics import forgetting_metrics, loss_metrics
+    from avalanche.logging import CSVLogger, TextLogger
+
+    with open(tmp_path / "log.txt", "w") as text:
+        evaluator = EvaluationPlugin(
+            accuracy_metrics(epoch=True, experience=True, stream=True), loss_metrics(stream=True),
+            forgetting_metrics(experience=True, stream=True),
+            loggers=[TextLogger(text), CSVLogger(log_folder=str(tmp_path / "csv"))],
+        )
+        strategy = KRRStrategy(feature_map=dm.features.Identity(), reg=1.0, evaluator=evaluator)
+        for exp in bench.train_stream[:2]:
+            strategy.train(exp)
+            results = strategy.eval(bench.test_stream[:2])
+    assert any(k.startswith("StreamForgetting/eval_phase/test_stream") for k in results)
+    assert "Top1_Acc_Stream" in (tmp_path / "log.txt").read_text()
+    assert (tmp_path / "csv" / "eval_results.csv").read_text().count("\n") > 1
+    default = KRRStrategy(feature_map=dm.features.Identity(), reg=1.0)
+    default.train(bench.train_stream[0])
+    assert 0 < stream_accuracy(default.eval(bench.test_stream[:1])) <= 1
