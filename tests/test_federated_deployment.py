@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 import ssl
 import stat
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -22,16 +26,29 @@ from federated.deploy import (
     DeploymentError,
     LoopbackDeployment,
     check_results,
-    main,
     make_certificates,
     make_node_key,
     marked_processes,
+    node_config,
     tls_handshake,
 )
+from federated.deploy.cli import main
 
 RUN = dict(num_clients=3, partition="dirichlet", alpha=0.5, mode="moments", reg=1.0, seed=0, deadline_s=300.0, min_clients=3)
 #: Generous: on a loaded 2-core machine one run took about a minute.
 TIMEOUT_S = 600.0
+
+
+def _processes_of(workdir: Path) -> list[psutil.Process]:
+    """Processes whose FLWR_HOME lies in ``workdir``: every one a deployment there started, children included."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("FLWR_HOME", "").startswith(str(workdir)) and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
 
 
 def _by_partition(result: dict) -> dict[int, int]:
@@ -122,6 +139,34 @@ def test_stop_leaves_no_process(deployment):
     assert left == [], f"processes naming {dep.workdir} left: {left}"
 
 
+@pytest.mark.deployment
+def test_ctrl_c_stops_every_process(tmp_path):
+    workdir = tmp_path / "run"
+    command = [sys.executable, "-m", "federated.deploy", "run", "--nodes", "3", "--workdir", str(workdir)]
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        logs = [workdir / "logs" / f"supernode-{i}.log" for i in range(3)]
+        end = time.monotonic() + TIMEOUT_S
+        while not all(log.is_file() and "SuperNode" in log.read_text() for log in logs):
+            assert proc.poll() is None and time.monotonic() < end, f"the deployment did not start:\n{proc.stdout.read() if proc.poll() is not None else ''}"
+            time.sleep(0.5)
+        started = _processes_of(workdir)
+        assert len(started) >= 4  # the SuperLink, three SuperNodes and their children
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 130, out
+        assert "interrupted; every process it started was stopped" in out
+        assert _processes_of(workdir) == []
+        assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in started)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        for left in _processes_of(workdir):  # only on failure: processes this test started, by pid
+            left.kill()
+
+
 # -- without processes --------------------------------------------------------------
 
 
@@ -169,6 +214,25 @@ def test_bad_arguments_are_refused_before_anything_starts(tmp_path):
         LoopbackDeployment(tmp_path / "d", 3, timeout_s=0)
     assert (tmp_path / "used" / "keep.txt").read_text() == "a user's file"
     assert not any((tmp_path / n).exists() for n in "abcd")
+
+
+def test_node_config_gives_each_node_its_partition_and_data():
+    from flwr.common.config import parse_config_args
+
+    assert parse_config_args([node_config(2, 5)]) == {"partition-id": 2, "num-partitions": 5}
+    path = r"/data/my silo\mnist.npz"
+    assert parse_config_args([node_config(0, 3, path)]) == {"partition-id": 0, "num-partitions": 3, "data-path": path}
+    with pytest.raises(ValueError, match="single quote"):
+        node_config(0, 3, "/data/o'brien.npz")
+
+
+def test_run_command_refuses_bad_arguments_in_one_line(tmp_path, capsys):
+    workdir = tmp_path / "w"
+    assert main(["run", "--nodes", "3", "--run-config", "num-clients=4", "--workdir", str(workdir)]) == 2
+    assert main(["run", "--nodes", "3", "--run-config", "mode='bogus'"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["error: num-clients=4 in the config, but num_nodes=3", err[1]] and err[1].startswith("error: mode='bogus'")
+    assert not workdir.exists() or not any(workdir.iterdir())
 
 
 def test_check_results_names_what_is_wrong():
