@@ -71,6 +71,38 @@ def test_cifar_block_shows_the_stage_profile_when_the_json_has_one():
     assert "| distillation | 0.31 |" in cifar.markdown(payload)
 
 
+def test_continual_quickstart_figures_are_those_of_continual_split_digits():
+    """The continual quickstart's prose is typed by hand: each figure it cites must be the JSON's."""
+    readme = _module("harness").README.read_text()
+    section = readme[readme.index("## Quickstart: continual learning"):readme.index("## Quickstart: federated learning")]
+    section = " ".join(section.split())  # line breaks do not matter
+    payload = _payload("continual_split_digits")
+
+    def neural(method: str, mem: int) -> str:
+        (row,) = [r for r in payload["neural"]["rows"] if r["method"] == method and r["mem"] == mem]
+        return f"{100 * row['accuracy']:.2f}%"
+
+    def distilled(reg: str, mem: int) -> str:
+        return neural(f"distilled (identity, lambda={reg})", mem)
+
+    real = "random real (ClassBalancedBuffer)"
+    cited = [
+        f"10 points in all gave {distilled('1', 10)} with λ = 1, {distilled('100', 10)} with λ = 100 and "
+        f"{distilled('10000', 10)} with λ = 10⁴",
+        f"at the same 10 points gave {neural(real, 10)}, and no replay {neural('naive, no replay', 0)}",
+        f"At 50 points they gave {distilled('10000', 50)} against {neural(real, 50)} for random real exemplars; "
+        f"at 100 points, {distilled('10000', 100)} against {neural(real, 100)}",
+    ]
+    shares = [100 * r["distill_seconds"] / r["train_seconds"] for r in payload["neural"]["rows"] if r["method"].endswith("=10000)")]
+    cited.append(f"Distilling took {min(shares):.0f} to {max(shares):.0f}% of the training time")
+    exact = [r for r in payload["krr"]["rows"] if r["method"] == "exact"]
+    cited.append(f"weight error of at most {_module('harness').sci(max(r['weight_error'] for r in exact))}")
+    cited.append(f"({100 * exact[-1]['accuracy']:.2f}% after the last one) and {exact[0]['bytes']:,} bytes")
+    assert {r["bytes"] for r in exact} == {exact[0]["bytes"]}  # "throughout"
+    for figure in cited:
+        assert figure in section, figure
+
+
 def test_stale_finds_a_hand_edited_block_an_edited_json_and_a_missing_markdown(tmp_path):
     report, harness = _module("report"), _module("harness")
     results = tmp_path / "results"
