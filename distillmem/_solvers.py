@@ -61,6 +61,14 @@ class Spectral:
     lift: torch.Tensor  # (p, r)
     coef: torch.Tensor  # (r, k)
 
+    def __post_init__(self) -> None:
+        # Finite features of magnitude ~1e155 and more square to Inf: 1 / (Inf + reg) would
+        # silently zero those directions (every prediction class 0), so refuse them.
+        if not bool(torch.isfinite(self.eig).all() and torch.isfinite(self.coef).all()):
+            raise ValueError(
+                "the features are too large for float64: their squared singular values overflow; scale the inputs down"
+            )
+
     @classmethod
     def primal(cls, gram: torch.Tensor, cross: torch.Tensor) -> "Spectral":
         eig, vecs = _eigh(gram)

@@ -315,6 +315,18 @@ def test_streamed_and_memory_features_that_overflow_raise(problem):
         MomentMemory(RandomFCNN(40), n_classes=4).update(near_max, y)
 
 
+
+@pytest.mark.parametrize("solver", ["svd", "primal"])
+def test_finite_float64_features_whose_squares_overflow_raise(solver):
+    # 1e200 is finite, its square is not: the SVD path used to zero those directions and predict class 0.
+    x = 1e200 * torch.randn(20, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = torch.arange(20) % 2
+    with pytest.raises(ValueError, match=r"too large for float64|non-finite Gram matrix"):
+        KRR(Identity(), reg=1.0, solver=solver).fit(x, y)
+    memory = MomentMemory(Identity(), 2).update(x, y)
+    with pytest.raises(ValueError, match="too large for float64"):
+        memory.fit_krr(1.0)
+
 # -- 1.4: Gram and cross moments are float64 sums, whatever the input dtype -------------------------
 
 
