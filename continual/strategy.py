@@ -13,6 +13,7 @@ from torch import nn
 
 import distillmem as dm
 from distillmem.features import FeatureMap
+from distillmem.memory import SHRINKS
 from distillmem.sketch import GramSketch
 
 from .data import ExperienceData, check_fits, read_experience
@@ -121,6 +122,10 @@ class KRRStrategy(SupervisedTemplate):
             raise ValueError(f'reg must be a float >= 0 or "auto", got {reg!r}')
         if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
             raise ValueError(f"ipc must be an integer >= 1, got {ipc!r}")
+        if max_points is not None and (isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 1):
+            raise ValueError(f"max_points must be None or an integer >= 1, got {max_points!r}")
+        if shrink not in SHRINKS:
+            raise ValueError(f"shrink must be one of {SHRINKS}, got {shrink!r}")
         if n_classes is not None and (isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1):
             raise ValueError(f"n_classes must be None or an integer >= 1, got {n_classes!r}")
         grid = REG_GRID if reg_grid is None else tuple(float(r) for r in reg_grid)

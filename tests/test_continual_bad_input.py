@@ -205,6 +205,8 @@ def test_strategy_declared_class_without_samples(trained_strategy_state, bench):
         ({"reg": "auto", "memory": "per-class"}, 'reg="auto" selects lambda'),
         ({"reg": "auto", "memory": "sketch"}, "not memory='sketch'"),
         ({"ipc": 0}, "ipc must be an integer >= 1"),
+        ({"max_points": 0}, "max_points must be None or an integer >= 1"),
+        ({"shrink": "random"}, "shrink must be one of"),
         ({"n_classes": 0}, "n_classes must be None or an integer >= 1"),
         ({"reg_grid": []}, "reg_grid must be a non-empty"),
     ],
