@@ -445,3 +445,38 @@ def test_krr_strategy_with_avalanche_metrics_and_loggers(bench, tmp_path):
     default = KRRStrategy(feature_map=dm.features.Identity(), reg=1.0)
     default.train(bench.train_stream[0])
     assert 0 < stream_accuracy(default.eval(bench.test_stream[:1])) <= 1
+
+
+class TrainingSetSizes(SupervisedPlugin):
+    """Records the size of the dataset each experience trains on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def before_training_exp(self, strategy, **kwargs) -> None:
+        self.sizes.append(len(strategy.adapted_dataset))
+
+
+def test_er_ace_and_gdumb_take_the_buffer_as_their_storage_policy(bench):
+    """Strategies with a built-in storage policy use the distilled buffer once it is put in its place."""
+    from avalanche.training import ER_ACE, GDumb
+    from avalanche.training.plugins import GDumbPlugin
+
+    model = Flatten()
+    er_ace = ER_ACE(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), criterion=nn.CrossEntropyLoss(),
+                    mem_size=30, batch_size_mem=8, train_mb_size=16, train_epochs=1, evaluator=quiet_evaluator())
+    er_ace.storage_policy = DistilledBuffer(max_size=30)
+    model = Flatten()
+    sizes = TrainingSetSizes()
+    gdumb = GDumb(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), criterion=nn.CrossEntropyLoss(),
+                  mem_size=30, train_mb_size=16, train_epochs=1, plugins=[sizes], evaluator=quiet_evaluator())
+    gdumb_plugin = next(p for p in gdumb.plugins if isinstance(p, GDumbPlugin))
+    gdumb_plugin.storage_policy = DistilledBuffer(max_size=30)
+    for exp in bench.train_stream[:3]:
+        er_ace.train(exp)
+        gdumb.train(exp)
+    assert er_ace.storage_policy.n_points == 30 and len(er_ace.storage_policy.classes_seen) == 6
+    assert gdumb_plugin.storage_policy.n_points == 30
+    # GDumb trains on the memory only: 30, then 28 (7 per class), then 30 distilled points.
+    assert sizes.sizes == [30, 28, 30]
