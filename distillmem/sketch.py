@@ -10,10 +10,15 @@ Delta of those deltas bounds the error in the Loewner order:
 
     0 <= G - B^T B <= Delta I.
 
-Adding (Delta / 2) I back puts the estimate in the middle of that interval;
-without it, the directions the sketch dropped carry no energy and the head
-overfits them. Sketches of disjoint data merge by stacking their rows and
-re-shrinking; their cross moments and deltas add.
+Adding (Delta / 2) I back (``correction="shrinkage"``) puts the estimate in
+the middle of that interval; without it, the directions the sketch dropped
+carry no energy and the head overfits them. The sketch also keeps diag(G)
+exactly (p numbers), so ``correction="diagonal"`` adds the exact diagonal of
+the dropped part, diag(G - B^T B): closer to G, but a weaker ridge where
+Delta is large, which makes it the better preconditioner for iterative
+refinement and the weaker one-shot head at small r. Sketches of disjoint
+data merge by stacking their rows and re-shrinking; their cross moments,
+diagonals and deltas add.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from ._stats import checked_features, iter_array_chunks, iter_batches
 from ._validation import as_samples, as_targets, check_data_args, check_int, check_real, resolve_device
 from .features import FeatureMap
 from .krr import KRR
+
+CORRECTIONS = ("shrinkage", "diagonal")
 
 
 class GramSketch:
@@ -55,6 +62,8 @@ class GramSketch:
         R, exact.
     shrinkage_ : float
         Delta, the total frequent-directions shrinkage: 0 <= G - B^T B <= Delta I.
+    diagonal_ : torch.Tensor of shape (p,), float64
+        diag(G), exact.
     n_seen_ : int
         Samples absorbed.
     n_features_in_ : int
@@ -131,12 +140,13 @@ class GramSketch:
         sketch: Any,
         cross: Any,
         shrinkage: float,
+        diagonal: Any,
         *,
         n_seen: int,
         n_features_in: int,
         **params: Any,
     ) -> "GramSketch":
-        """Rebuild a sketch sent as arrays: B (r', p), R (p, k), Delta >= 0 (e.g. a federated upload).
+        """Rebuild a sketch sent as arrays: B (r', p), R (p, k), Delta >= 0, diag(G) (p,) (e.g. a federated upload).
 
         ``params`` are the constructor's keywords other than ``n_classes``
         (taken from R); a ``rank`` below r' re-shrinks the rows.
@@ -147,12 +157,19 @@ class GramSketch:
         p = feature_map.out_features(n_features_in)
         b = torch.as_tensor(np.asarray(sketch), dtype=torch.float64)
         r = torch.as_tensor(np.asarray(cross), dtype=torch.float64)
+        diag = torch.as_tensor(np.asarray(diagonal), dtype=torch.float64)
         if b.ndim != 2 or b.shape[1] != p:
             raise ValueError(f"sketch must have shape (r, {p}) for {feature_map!r}, found {tuple(b.shape)}")
         if r.ndim != 2 or r.shape[0] != p:
             raise ValueError(f"cross must have shape ({p}, k), found {tuple(r.shape)}")
-        if not (bool(torch.isfinite(b).all()) and bool(torch.isfinite(r).all())):
-            raise ValueError("sketch and cross must be finite (no NaN or Inf)")
+        if diag.shape != (p,):
+            raise ValueError(f"diagonal must have shape ({p},), found {tuple(diag.shape)}")
+        if not all(bool(torch.isfinite(t).all()) for t in (b, r, diag)):
+            raise ValueError("sketch, cross and diagonal must be finite (no NaN or Inf)")
+        # G - B^T B is positive semi-definite, so its diagonal is too.
+        excess = float((b.square().sum(dim=0) - diag).max())
+        if excess > 1e-6 * max(float(diag.abs().max()), 1.0):
+            raise ValueError(f"diagonal is below the diagonal of the sketch's B^T B by up to {excess:.6g}: not a sketch of one Gram")
         shrinkage = check_real(shrinkage, "shrinkage", minimum=0.0)
         n_seen = check_int(n_seen, "n_seen", minimum=0)
         out = cls(feature_map, r.shape[1], **params)
@@ -162,6 +179,7 @@ class GramSketch:
         out.shrinkage_ = float(shrinkage)
         out._absorb(b, None, resolve_device(out.device))
         out.cross_ += r
+        out.diagonal_ = diag
         out.n_seen_ = n_seen
         out.n_features_in_ = n_features_in
         return out
@@ -189,24 +207,30 @@ class GramSketch:
         merged.sketch_ = self.sketch_.clone()
         merged.cross_ = self.cross_ + other.cross_
         merged.shrinkage_ = self.shrinkage_ + other.shrinkage_
+        merged.diagonal_ = self.diagonal_ + other.diagonal_
         merged._absorb(other.sketch_, None, resolve_device(self.device))
         merged.n_seen_ = self.n_seen_ + other.n_seen_
         merged.n_features_in_ = self.n_features_in_
         return merged
 
     # -- using the sketch -------------------------------------------------------
-    def gram(self) -> torch.Tensor:
-        """The estimate B^T B + (Delta / 2) I of G, (p, p) float64."""
+    def gram(self, correction: str = "shrinkage") -> torch.Tensor:
+        """The estimate of G, (p, p) float64: B^T B + (Delta / 2) I, or B^T B + diag(G - B^T B) (see the module)."""
         self._check_fitted()
+        if correction not in CORRECTIONS:
+            raise ValueError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
         g = self.sketch_.T @ self.sketch_
-        g.diagonal().add_(self.shrinkage_ / 2)
+        if correction == "shrinkage":
+            g.diagonal().add_(self.shrinkage_ / 2)
+        else:
+            g.diagonal().copy_(torch.maximum(self.diagonal_, g.diagonal()))
         return g
 
-    def fit_krr(self, reg: float) -> KRR:
-        """The KRR head W^T = (B^T B + (Delta / 2 + reg) I)^-1 R; exact when Delta = 0."""
+    def fit_krr(self, reg: float, correction: str = "shrinkage") -> KRR:
+        """The KRR head W^T = (gram(correction) + reg I)^-1 R; exact when Delta = 0."""
         self._check_fitted()
         reg = check_real(reg, "reg", minimum=0.0)
-        g = self.gram()
+        g = self.gram(correction)
         g.diagonal().add_(reg)
         # lstsq keeps reg = 0 usable on a singular Gram (minimum-norm solution).
         weights_t = torch.linalg.lstsq(g, self.cross_, driver="gelsd").solution if reg == 0 else torch.linalg.solve(g, self.cross_)
@@ -217,21 +241,23 @@ class GramSketch:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the state in float64: B, R and Delta."""
+        """Bytes of the state in float64: B, R, diag(G) and Delta."""
         self._check_fitted()
-        return (self.sketch_.numel() + self.cross_.numel() + 1) * 8
+        return (self.sketch_.numel() + self.cross_.numel() + self.diagonal_.numel() + 1) * 8
 
     # -- internals --------------------------------------------------------------
     def _absorb(self, features: torch.Tensor, targets: torch.Tensor | None, device: torch.device) -> None:
-        """Add rows (m, p) to R (with their targets) and fold them into B, shrinking to the rank."""
+        """Add rows (m, p) to R and diag(G) (data rows, with targets) and fold them into B, shrinking to the rank."""
         p = features.shape[1]
         if not hasattr(self, "sketch_"):
             self.sketch_ = torch.zeros(0, p, dtype=torch.float64)
             self.cross_ = torch.zeros(p, self.n_classes, dtype=torch.float64)
+            self.diagonal_ = torch.zeros(p, dtype=torch.float64)
             self.shrinkage_ = 0.0
         features = features.to(device)
         if targets is not None:
             self.cross_ += (features.T @ targets.to(device)).cpu()
+            self.diagonal_ += features.square().sum(dim=0).cpu()
         stacked = torch.cat([self.sketch_.to(device), features])
         if stacked.shape[0] > p:
             stacked = torch.linalg.qr(stacked, mode="r")[1]  # same Gram, at most p rows

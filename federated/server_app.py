@@ -85,6 +85,7 @@ def run_server(grid: Grid, cfg: Config) -> dict[str, Any]:
     upload_bytes: dict[int, int] = {}
     partitions: dict[int, int] = {}
     gram, cross, heads, n_total = np.zeros((p, p)), np.zeros((p, k)), [], 0
+    precond = np.zeros((p, p)) if cfg.mode == "sketch" and cfg.rounds > 1 else None
     for reply in replies:
         node = reply.metadata.src_node_id
         if reply.has_error():
@@ -96,9 +97,11 @@ def run_server(grid: Grid, cfg: Config) -> dict[str, Any]:
             partitions[node] = partition_id
             validate_upload(cfg, arrays, n_local, d, p, k)
             if cfg.mode in STATISTICS_MODES:
-                g_i, r_i = upload_statistics(cfg, fmap, arrays, n_local, d, k)
+                g_i, r_i, pre_i = upload_statistics(cfg, fmap, arrays, n_local, d, k)
                 gram += g_i
                 cross += r_i
+                if precond is not None:
+                    precond += pre_i
             else:
                 heads.append((upload_head(cfg, fmap, arrays, k), n_local))
         except UploadError as err:
@@ -130,7 +133,7 @@ def run_server(grid: Grid, cfg: Config) -> dict[str, Any]:
     reference = None if central is None else central.weights_.numpy()
     rounds = []
     if cfg.rounds > 1:
-        refined, rounds = _refine(grid, cfg, accepted, gram, cross, reg, reference)
+        refined, rounds = _refine(grid, cfg, accepted, gram if precond is None else precond, cross, reg, reference)
         weights = weights if refined is None else refined
 
     head = dm.KRR.from_weights(fmap, torch.as_tensor(weights), reg, n_features_in=d, n_samples=n_total)
@@ -233,8 +236,9 @@ def _refine(grid, cfg, nodes, gram, cross, reg, reference) -> tuple[np.ndarray |
 
     Each round every node sends G_i D^T for the server's current direction D
     (k, p): k rows of p. The preconditioner is the uploaded Gram estimate plus
-    reg I, so the first direction is the one-shot head itself (CG starts from
-    0) and every later round only improves on it in the (G + reg I)-norm. A
+    reg I (for "sketch" the estimate with the exact diagonal, a closer one
+    than the one-shot head's); CG starts from 0 and every round improves the
+    iterate in the (G + reg I)-norm. A
     round that not every node answers stops the refinement (a missing term
     would bias the step); the last complete iterate is kept. Returns (W or
     None when no round completed, history); ``reference`` (k, p), when given,

@@ -218,7 +218,7 @@ def make_upload(cfg: Config, fmap: FeatureMap, x: np.ndarray, y: np.ndarray, k: 
 
     - moments: a MomentMemory's points, features (m, p) and targets (m, k), float64, m <= cap.
     - sketch: exact cross moments (k, p) float64, a frequent-directions sketch (r, p) float32
-      of the Gram and its total shrinkage (1,) float64.
+      of the Gram, its total shrinkage (1,) and the Gram's exact diagonal (p,), float64.
     - stats: the Gram's upper triangle (p (p + 1) / 2,) and the cross moments (k, p), float64.
     - real: r random local points (r, d) float32 with their labels (r,) int64.
     - means: per-class feature means (k, p) float64 and counts (k,) int64.
@@ -235,6 +235,7 @@ def make_upload(cfg: Config, fmap: FeatureMap, x: np.ndarray, y: np.ndarray, k: 
             "sketch": sketch.sketch_.numpy().astype(np.float32),
             "cross": np.ascontiguousarray(sketch.cross_.numpy().T),
             "shrinkage": np.array([sketch.shrinkage_]),
+            "diagonal": sketch.diagonal_.numpy(),
         }
     if cfg.mode == "real":
         rows = np.random.default_rng([cfg.seed, partition_id, 1]).permutation(x.shape[0])[: cfg.max_points]
@@ -290,7 +291,7 @@ def upload_schema(cfg: Config, d: int, p: int, k: int) -> dict[str, tuple[np.dty
     f64, f32, i64 = np.dtype(np.float64), np.dtype(np.float32), np.dtype(np.int64)
     return {
         "moments": {"features": (f64, (None, p)), "targets": (f64, (None, k))},
-        "sketch": {"sketch": (f32, (None, p)), "cross": (f64, (k, p)), "shrinkage": (f64, (1,))},
+        "sketch": {"sketch": (f32, (None, p)), "cross": (f64, (k, p)), "shrinkage": (f64, (1,)), "diagonal": (f64, (p,))},
         "stats": {"gram": (f64, (p * (p + 1) // 2,)), "cross": (f64, (k, p))},
         "real": {"x": (f32, (None, d)), "labels": (i64, (None,))},
         "means": {"means": (f64, (k, p)), "counts": (i64, (k,))},
@@ -339,27 +340,35 @@ def validate_upload(cfg: Config, arrays: dict[str, np.ndarray], n_local: int, d:
 
 def upload_statistics(
     cfg: Config, fmap: FeatureMap, arrays: dict[str, np.ndarray], n_local: int, d: int, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """An upload's contribution (G_i (p, p), R_i (p, k)) to the ridge statistics, float64."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """An upload's contribution (G_i (p, p), R_i (p, k)) to the ridge statistics, float64, and for
+    "sketch" the Gram estimate with the exact diagonal (the refinement's preconditioner; else None).
+
+    Raises UploadError when a sketch's arrays are not one client's sketch.
+    """
     if cfg.mode == "moments":
         f, t = arrays["features"], arrays["targets"]
-        return f.T @ f, f.T @ t
+        return f.T @ f, f.T @ t, None
     if cfg.mode == "sketch":
-        sketch = GramSketch.from_arrays(
-            fmap, arrays["sketch"], arrays["cross"].T, float(arrays["shrinkage"][0]), n_seen=n_local, n_features_in=d
-        )
-        return sketch.gram().numpy(), sketch.cross_.numpy()
+        try:
+            sketch = GramSketch.from_arrays(
+                fmap, arrays["sketch"], arrays["cross"].T, float(arrays["shrinkage"][0]), arrays["diagonal"],
+                n_seen=n_local, n_features_in=d,
+            )
+        except ValueError as err:
+            raise UploadError(str(err)) from None
+        return sketch.gram("shrinkage").numpy(), sketch.cross_.numpy(), sketch.gram("diagonal").numpy()
     if cfg.mode == "stats":
         p = arrays["cross"].shape[1]
         gram = np.zeros((p, p))
         gram[np.triu_indices(p)] = arrays["gram"]
-        return gram + np.triu(gram, 1).T, arrays["cross"].T
+        return gram + np.triu(gram, 1).T, arrays["cross"].T, None
     if cfg.mode == "real":
         f = _features(fmap, arrays["x"])
-        return f.T @ f, f.T @ np.eye(k)[arrays["labels"]]
+        return f.T @ f, f.T @ np.eye(k)[arrays["labels"]], None
     # means: every sample of class c placed at its class mean; R = sum_c n_c mu_c e_c^T is exact.
     means, counts = arrays["means"], arrays["counts"].astype(np.float64)
-    return (means.T * counts) @ means, (means.T * counts)
+    return (means.T * counts) @ means, (means.T * counts), None
 
 
 def upload_head(cfg: Config, fmap: FeatureMap, arrays: dict[str, np.ndarray], k: int) -> np.ndarray:

@@ -129,7 +129,7 @@ def test_exact_modes_equal_centralized_krr_for_every_lambda(partition, mode):
     for i in range(cfg.num_clients):
         x, y, _, _ = client_partition(cfg, i, cfg.num_clients, "")
         arrays = make_upload(cfg, fmap, x, y, 10, i)
-        g, r = upload_statistics(cfg, fmap, arrays, x.shape[0], x.shape[1], 10)
+        g, r, _ = upload_statistics(cfg, fmap, arrays, x.shape[0], x.shape[1], 10)
         gram, cross = gram + g, cross + r
     path = RidgePath(gram, cross)
     x_all = DIGITS.x_train.astype(np.float64)
@@ -357,6 +357,18 @@ def test_labels_out_of_range_and_too_many_points_are_rejected_in_real_mode():
     rejected = {int(n): reason for n, reason in result["clients"]["rejected"].items()}
     assert "labels outside [0, 10)" in rejected[2] and "more than the cap of 20" in rejected[3]
     assert sorted(result["clients"]["accepted"]) == [1, 4]
+
+
+def test_a_sketch_whose_diagonal_contradicts_its_rows_is_rejected():
+    def shrink_diagonal(r, m):
+        return _reply_with(r, m, {"diagonal": 0.5 * _first(r, "diagonal")})
+
+    result = simulate(
+        num_clients=3, mode="sketch", max_points=8, engine="inprocess", client_app=_tampering_app({0: shrink_diagonal}),
+    )
+    rejected = {int(n): reason for n, reason in result["clients"]["rejected"].items()}
+    assert list(rejected) == [1] and "not a sketch of one Gram" in rejected[1]
+    assert sorted(result["clients"]["accepted"]) == [2, 3]
 
 
 def test_quorum_not_met_stops_the_run_with_who_failed():

@@ -87,20 +87,36 @@ def test_shrinkage_correction_is_half_delta():
 def test_from_arrays_round_trip_and_errors():
     x, y = _data()
     sk = GramSketch(Identity(), n_classes=4, rank=7).update(x, y)
-    back = GramSketch.from_arrays(
-        Identity(), sk.sketch_.numpy(), sk.cross_.numpy(), sk.shrinkage_, n_seen=sk.n_seen_, n_features_in=30
-    )
-    assert torch.allclose(back.gram(), sk.gram(), atol=1e-10)
-    assert torch.allclose(back.fit_krr(0.5).weights_, sk.fit_krr(0.5).weights_, atol=1e-10)
-    assert back.nbytes == (7 * 30 + 30 * 4 + 1) * 8
+    arrays = (sk.sketch_.numpy(), sk.cross_.numpy(), sk.shrinkage_, sk.diagonal_.numpy())
+    back = GramSketch.from_arrays(Identity(), *arrays, n_seen=sk.n_seen_, n_features_in=30)
+    for correction in ("shrinkage", "diagonal"):
+        assert torch.allclose(back.gram(correction), sk.gram(correction), atol=1e-10)
+        assert torch.allclose(back.fit_krr(0.5, correction).weights_, sk.fit_krr(0.5, correction).weights_, atol=1e-10)
+    assert back.nbytes == (7 * 30 + 30 * 4 + 30 + 1) * 8
     with pytest.raises(ValueError, match="sketch must have shape"):
-        GramSketch.from_arrays(Identity(), torch.zeros(3, 29), sk.cross_, 0.0, n_seen=1, n_features_in=30)
+        GramSketch.from_arrays(Identity(), torch.zeros(3, 29), *arrays[1:], n_seen=1, n_features_in=30)
     with pytest.raises(ValueError, match="finite"):
         bad = sk.cross_.clone()
         bad[0, 0] = float("nan")
-        GramSketch.from_arrays(Identity(), sk.sketch_, bad, 0.0, n_seen=1, n_features_in=30)
+        GramSketch.from_arrays(Identity(), arrays[0], bad, *arrays[2:], n_seen=1, n_features_in=30)
     with pytest.raises(ValueError, match="shrinkage"):
-        GramSketch.from_arrays(Identity(), sk.sketch_, sk.cross_, -1.0, n_seen=1, n_features_in=30)
+        GramSketch.from_arrays(Identity(), *arrays[:2], -1.0, arrays[3], n_seen=1, n_features_in=30)
+    with pytest.raises(ValueError, match="diagonal is below"):
+        GramSketch.from_arrays(Identity(), *arrays[:3], 0.5 * arrays[3], n_seen=1, n_features_in=30)
+    with pytest.raises(ValueError, match="correction"):
+        sk.gram("trace")
+
+
+def test_diagonal_is_exact_and_the_diagonal_correction_restores_it():
+    x, y = _data()
+    a = GramSketch(Identity(), n_classes=4, rank=5, chunk_size=50).update(x[:200], y[:200])
+    b = GramSketch(Identity(), n_classes=4, rank=5).update(x[200:], y[200:])
+    for sk, rows in ((a, x[:200]), (a.merge(b), x)):
+        g = rows.T @ rows
+        assert torch.allclose(sk.diagonal_, torch.diagonal(g), rtol=1e-12)
+        assert torch.allclose(torch.diagonal(sk.gram("diagonal")), torch.diagonal(g), rtol=1e-12)
+        off = ~torch.eye(30, dtype=torch.bool)
+        assert torch.equal(sk.gram("diagonal")[off], (sk.sketch_.T @ sk.sketch_)[off])
 
 
 def test_bad_parameters_and_state():
