@@ -80,7 +80,15 @@ class Config:
                 raise bad(key, f"must be one of {choices}")
         if self.dataset not in dm.data.DATASETS:
             raise bad("dataset", f"must be one of {dm.data.DATASETS}")
-        for key, low in (("num_clients", 2), ("classes_per_client", 1), ("ipc", 1), ("max_points", 0), ("rounds", 1), ("min_clients", 1)):
+        for key in ("dataset", "data_path", "results_path"):
+            if not isinstance(getattr(self, key), str):
+                raise bad(key, "must be a string")
+        if not isinstance(self.centralized, bool):
+            raise bad("centralized", "must be true or false")
+        for key, low in (
+            ("num_clients", 2), ("classes_per_client", 1), ("ipc", 1), ("max_points", 0), ("rounds", 1), ("min_clients", 1),
+            ("seed", 0), ("feature_seed", 0),
+        ):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise bad(key, f"must be an integer >= {low}")

@@ -68,6 +68,12 @@ def test_config_reads_kebab_case_and_names_bad_values():
         ({"min-clients": 11}, "min-clients=11"),
         ({"dataset": "mnist"}, "data-path"),
         ({"alpha": 0.0}, "alpha=0.0"),
+        ({"seed": -1}, "seed=-1"),
+        ({"seed": 1.5}, "seed=1.5"),
+        ({"centralized": "yes"}, "centralized='yes'"),
+        ({"data-path": 3}, "data-path=3"),
+        ({"partition": "shards"}, "partition='shards'"),
+        ({"rounds": 3, "mode": "means"}, "rounds=3"),
     ]:
         with pytest.raises(ValueError, match=match):
             Config.from_mapping(bad)
