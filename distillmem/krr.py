@@ -279,6 +279,8 @@ class KRR:
         """A fitted KRR from weights (k, p) solved elsewhere, e.g. from a memory's statistics."""
         if not isinstance(weights, torch.Tensor) or weights.ndim != 2:
             raise ValueError(f"weights must be a tensor of shape (k, p), got {getattr(weights, 'shape', type(weights).__name__)}")
+        if not bool(torch.isfinite(weights).all()):
+            raise ValueError("weights contain NaN or Inf")
         model = cls(feature_map, reg=reg, n_classes=weights.shape[0], **params)
         model._check_params()
         n_features_in = check_int(n_features_in, "n_features_in", minimum=1)

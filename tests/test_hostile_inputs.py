@@ -402,3 +402,21 @@ def test_feature_maps_built_from_numpy_numbers_have_json_specs_that_rebuild_them
 def test_feature_map_arguments_are_checked(build, error, message):
     with pytest.raises(error, match=message):
         build()
+
+
+def test_from_weights_checks_its_arguments(problem):
+    x, y = problem
+    fitted = KRR(Identity(), reg=0.1).fit(x, y)
+    weights = fitted.weights_.clone()
+    weights[1, 3] = float("nan")
+    with pytest.raises(ValueError, match="weights contain NaN or Inf"):
+        KRR.from_weights(Identity(), weights, 0.1, n_features_in=40, n_samples=300)
+    with pytest.raises(TypeError, match="reg must be a real number, got True"):
+        KRR.from_weights(Identity(), fitted.weights_, True, n_features_in=40, n_samples=300)
+    with pytest.raises(ValueError, match="n_samples must be >= 1, got 0"):
+        KRR.from_weights(Identity(), fitted.weights_, 0.1, n_features_in=40, n_samples=0)
+    with pytest.raises(TypeError, match="n_features_in must be an integer, got 40.0"):
+        KRR.from_weights(Identity(), fitted.weights_, 0.1, n_features_in=40.0, n_samples=300)
+    rebuilt = KRR.from_weights(Identity(), fitted.weights_, np.float64(0.1), n_features_in=np.int64(40), n_samples=np.int64(300))
+    assert type(rebuilt.reg_) is float and type(rebuilt.n_features_in_) is int and type(rebuilt.n_samples_) is int
+    assert torch.equal(rebuilt.predict(x), fitted.predict(x))
