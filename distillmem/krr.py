@@ -10,15 +10,7 @@ import torch
 
 from ._solvers import Spectral, solve_primal
 from ._stats import Moments, accumulate_moments, checked_features, iter_array_chunks, iter_batches, n_chunks
-from ._validation import (
-    as_samples,
-    as_targets,
-    check_data_args,
-    check_int,
-    check_real,
-    resolve_device,
-    to_tensor,
-)
+from ._validation import as_samples, as_targets, check_data_args, check_int, check_real, resolve_device, to_tensor
 from .data import train_val_split
 from .features import FeatureMap, Identity
 
@@ -347,11 +339,12 @@ class KRR:
         """The lambda candidates of reg="auto" as floats, each finite and >= 0."""
         if self.reg_grid is None:
             return [float(r) for r in default_reg_grid(self.feature_map_)]
-        if isinstance(self.reg_grid, (str, bytes)) or not isinstance(self.reg_grid, (Sequence, np.ndarray, torch.Tensor)):
-            raise TypeError(f"reg_grid must be a sequence of numbers >= 0, got {type(self.reg_grid).__name__}")
-        if len(self.reg_grid) == 0:
+        grid = self.reg_grid
+        if isinstance(grid, (str, bytes)) or not isinstance(grid, (Sequence, np.ndarray, torch.Tensor)) or np.ndim(grid) != 1:
+            raise TypeError(f"reg_grid must be a 1-D sequence of numbers >= 0, got {type(grid).__name__}")
+        if len(grid) == 0:
             raise ValueError("reg_grid must be a non-empty sequence of values >= 0, got an empty one")
-        return [check_real(r, f"reg_grid[{i}]", minimum=0) for i, r in enumerate(self.reg_grid)]
+        return [check_real(r, f"reg_grid[{i}]", minimum=0) for i, r in enumerate(grid)]
 
     def _check_params(self) -> None:
         if self.feature_map is not None and not isinstance(self.feature_map, FeatureMap):

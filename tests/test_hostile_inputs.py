@@ -101,8 +101,10 @@ def test_krr_accepts_numpy_scalars_like_python_numbers(problem):
         ([0.1, True], TypeError, r"reg_grid\[1\] must be a real number, got True"),
         ([0.1, None], TypeError, r"reg_grid\[1\] must be a real number, got None"),
         ([], ValueError, "reg_grid must be a non-empty sequence"),
-        ("0.1", TypeError, "reg_grid must be a sequence of numbers"),
-        (0.1, TypeError, "reg_grid must be a sequence of numbers"),
+        ("0.1", TypeError, "reg_grid must be a 1-D sequence of numbers"),
+        (0.1, TypeError, "reg_grid must be a 1-D sequence of numbers"),
+        (np.array(0.1), TypeError, "reg_grid must be a 1-D sequence of numbers"),
+        (np.ones((2, 2)), TypeError, "reg_grid must be a 1-D sequence of numbers"),
     ],
 )
 def test_bad_reg_grid_entries_are_named(problem, grid, error, message):
