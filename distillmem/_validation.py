@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import math
 import numbers
+from typing import Any
 
 import numpy as np
 import torch
