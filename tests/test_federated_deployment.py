@@ -59,7 +59,10 @@ def _by_partition(result: dict) -> dict[int, int]:
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
-    """One TLS deployment with SuperNode authentication, run once; stopped at the end of the module."""
+    """One TLS deployment with SuperNode authentication, run once; stopped at the end of the module.
+
+    (The command-line test below runs the default, TLS without authentication.)
+    """
     dep = LoopbackDeployment(tmp_path_factory.mktemp("deployment"), 3, Config(**RUN), supernode_auth=True, timeout_s=TIMEOUT_S)
     try:
         dep.start()
@@ -107,7 +110,7 @@ def test_clients_need_the_ca_and_the_right_name(deployment):
 def test_an_unregistered_supernode_is_refused(deployment):
     dep, _ = deployment
     registered = dep.flwr(["supernode", "list", "deployment"])["nodes"]
-    assert len(registered) == 3 and all(node["status"] == "online" for node in registered)
+    assert [node["status"] for node in registered] == ["online"] * 3
     key, _ = make_node_key(dep.workdir / "keys", "intruder")
     intruder = dep.start_supernode(3, key)
     try:
@@ -140,25 +143,27 @@ def test_stop_leaves_no_process(deployment):
 
 
 @pytest.mark.deployment
-def test_ctrl_c_stops_every_process(tmp_path):
+def test_ctrl_c_during_the_run_stops_every_process(tmp_path):
     workdir = tmp_path / "run"
     command = [sys.executable, "-m", "federated.deploy", "run", "--nodes", "3", "--workdir", str(workdir)]
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        logs = [workdir / "logs" / f"supernode-{i}.log" for i in range(3)]
         end = time.monotonic() + TIMEOUT_S
-        while not all(log.is_file() and "SuperNode" in log.read_text() for log in logs):
-            assert proc.poll() is None and time.monotonic() < end, f"the deployment did not start:\n{proc.stdout.read() if proc.poll() is not None else ''}"
+        # Interrupt once the run is under way: the ServerApp process exists.
+        while not any("flwr-serverapp" in " ".join(p.cmdline()) for p in _processes_of(workdir)):
+            assert proc.poll() is None, f"the deployment ended early:\n{proc.stdout.read()}"
+            assert time.monotonic() < end, "the run did not start"
             time.sleep(0.5)
         started = _processes_of(workdir)
-        assert len(started) >= 4  # the SuperLink, three SuperNodes and their children
+        assert len(started) >= 5, [p.cmdline()[1:2] for p in started]  # the SuperLink, three SuperNodes, the ServerApp, ...
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 130, out
         assert "interrupted; every process it started was stopped" in out
-        assert _processes_of(workdir) == []
-        assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in started)
+        left = [(p.pid, p.cmdline()[1:2]) for p in _processes_of(workdir)]
+        assert left == [], out
+        assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in started), out
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -185,8 +190,9 @@ def test_certificates_name_the_loopback_address_and_keep_the_key_private(tmp_pat
     assert stat.S_IMODE((tmp_path / "certs").stat().st_mode) == 0o700
     with pytest.raises(FileExistsError, match="refusing to overwrite"):
         make_certificates(tmp_path / "certs")
-    with pytest.raises(ValueError, match="hosts="):
-        make_certificates(tmp_path / "none", [])
+    for hosts in ([], "localhost", ["127.0.0.1", " "]):
+        with pytest.raises(ValueError, match="hosts="):
+            make_certificates(tmp_path / "none", hosts)
 
 
 def test_node_keys_are_nist_ec_in_openssh_format(tmp_path):
@@ -212,8 +218,12 @@ def test_bad_arguments_are_refused_before_anything_starts(tmp_path):
         LoopbackDeployment(tmp_path / "c", 3, insecure=True, supernode_auth=True)
     with pytest.raises(ValueError, match="timeout_s=0"):
         LoopbackDeployment(tmp_path / "d", 3, timeout_s=0)
+    with pytest.raises(ValueError, match="single quote"):
+        LoopbackDeployment(tmp_path / "e", 3, node_data="/data/o'brien.npz")
+    with pytest.raises(TypeError, match="federated.Config"):
+        LoopbackDeployment(tmp_path / "f", 3, {"num-clients": 3})
     assert (tmp_path / "used" / "keep.txt").read_text() == "a user's file"
-    assert not any((tmp_path / n).exists() for n in "abcd")
+    assert not any((tmp_path / n).exists() for n in "abcdef")
 
 
 def test_node_config_gives_each_node_its_partition_and_data():

@@ -35,8 +35,8 @@ def make_certificates(folder: str | os.PathLike, hosts: Sequence[str] = LOOPBACK
     of them. A host that parses as an IP address becomes an IP SAN, any
     other a DNS SAN.
     """
-    if not hosts or any(not isinstance(h, str) or not h.strip() for h in hosts):
-        raise ValueError(f"hosts={list(hosts)!r}: give at least one non-empty host name or IP address")
+    if isinstance(hosts, str) or not hosts or any(not isinstance(h, str) or not h.strip() for h in hosts):
+        raise ValueError(f"hosts={hosts!r}: give a list of at least one non-empty host name or IP address")
     if isinstance(days, bool) or not isinstance(days, int) or days < 1:
         raise ValueError(f"days={days!r}: must be an integer >= 1")
     out = Path(folder)

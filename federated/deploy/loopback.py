@@ -71,6 +71,9 @@ class LoopbackDeployment:
             raise FileExistsError(f"workdir={str(self.workdir)!r} is not empty: a deployment writes certificates, logs and state there")
         self.num_nodes = num_nodes
         self.results_path = self.workdir / "results.json"
+        if config is not None and not isinstance(config, Config):
+            raise TypeError(f"config={config!r}: must be a federated.Config")
+        node_config(0, num_nodes, node_data)  # refuses a data path the node-config cannot carry
         base = config if config is not None else Config(num_clients=num_nodes, min_clients=num_nodes)
         if base.num_clients != num_nodes:
             raise ValueError(f"num-clients={base.num_clients} in the config, but num_nodes={num_nodes}")
@@ -83,7 +86,6 @@ class LoopbackDeployment:
         self.processes = ProcessSet()
         self.certificates: Certificates | None = None
         self.port = 0
-        self.node_ports: list[int] = []
         self.run_id: str | None = None
         self._stopped = False
 
@@ -132,9 +134,7 @@ class LoopbackDeployment:
         """
         home = self.workdir / f"supernode-{index}"
         home.mkdir(mode=0o700, exist_ok=True)
-        port = free_port()
-        self.node_ports.append(port)
-        argv = [executable("flower-supernode"), "--superlink", self.address, "--port", str(port)]
+        argv = [executable("flower-supernode"), "--superlink", self.address, "--port", str(free_port())]
         argv += ["--node-config", node_config(index, self.num_nodes, self.node_data)]
         argv += ["--insecure"] if self.insecure else ["--root-certificates", str(self.certificates.ca)]
         if private_key is not None:
@@ -233,7 +233,9 @@ class LoopbackDeployment:
                 else:
                     tls_handshake("127.0.0.1", self.port, self.certificates.ca)
                 return
-            except (OSError, ssl.SSLError):
+            except ssl.SSLCertVerificationError as err:  # listening, but with a certificate our CA does not accept
+                raise DeploymentError(f"the SuperLink's certificate does not verify: {err}\n{self.processes.tails()}") from None
+            except OSError:  # not listening yet (ssl.SSLError is an OSError too)
                 time.sleep(POLL_S)
         raise DeploymentError(f"the SuperLink did not listen on {self.address} within {self.timeout_s:.0f} s\n{self.processes.tails()}")
 

@@ -22,6 +22,8 @@ import psutil
 
 #: The environment variable that marks every process of one deployment.
 MARKER = "DISTILLMEM_DEPLOYMENT"
+#: Scans for survivors, each followed by SIGKILL, before stop gives up.
+KILL_ROUNDS = 5
 
 
 class DeploymentError(RuntimeError):
@@ -117,16 +119,19 @@ class ProcessSet:
         return out
 
     def stop(self, grace_s: float = 10.0) -> list[str]:
-        """SIGTERM every process (last started first), SIGKILL what is left after ``grace_s``; returns survivors."""
-        self.watch()
-        tops = [psutil.Process(i.popen.pid) for i in reversed(self.started) if i.popen.poll() is None]
-        rest = [p for p in self.alive() if p.pid not in {t.pid for t in tops}]
-        for proc in tops + rest:
+        """SIGTERM every process, SIGKILL what is left after ``grace_s``; returns the survivors (normally none)."""
+        running = self.alive()
+        for proc in running:
             _signal(proc, signal.SIGTERM)
-        psutil.wait_procs(tops + rest, timeout=grace_s)
-        for proc in self.alive():
-            _signal(proc, signal.SIGKILL)
-        psutil.wait_procs(self.alive(), timeout=5.0)
+        psutil.wait_procs(running, timeout=grace_s)
+        # Repeat: a process may have started a child after the last scan and before its own kill.
+        for _ in range(KILL_ROUNDS):
+            left = self.alive()
+            if not left:
+                break
+            for proc in left:
+                _signal(proc, signal.SIGKILL)
+            psutil.wait_procs(left, timeout=5.0)
         for item in self.started:
             try:
                 item.popen.wait(timeout=5.0)  # reap, so no zombie is left behind either
