@@ -133,7 +133,8 @@ def run_server(grid: Grid, cfg: Config) -> dict[str, Any]:
     reference = None if central is None else central.weights_.numpy()
     rounds = []
     if cfg.rounds > 1:
-        refined, rounds = _refine(grid, cfg, accepted, gram if precond is None else precond, cross, reg, reference)
+        score = lambda w: accuracy(fmap, w, data.x_test, data.y_test)  # noqa: E731
+        refined, rounds = _refine(grid, cfg, accepted, gram if precond is None else precond, cross, reg, reference, score)
         weights = weights if refined is None else refined
 
     head = dm.KRR.from_weights(fmap, torch.as_tensor(weights), reg, n_features_in=d, n_samples=n_total)
@@ -231,7 +232,7 @@ def _choose_reg(grid, cfg, nodes, weights_of, fmap, data, server_val) -> tuple[f
     return float(REG_GRID[int(np.argmax(scores))]), table
 
 
-def _refine(grid, cfg, nodes, gram, cross, reg, reference) -> tuple[np.ndarray | None, list[dict[str, Any]]]:
+def _refine(grid, cfg, nodes, gram, cross, reg, reference, score) -> tuple[np.ndarray | None, list[dict[str, Any]]]:
     """Preconditioned conjugate gradients on (G + reg I) W^T = R, one product with G per round.
 
     Each round every node sends G_i D^T for the server's current direction D
@@ -241,8 +242,9 @@ def _refine(grid, cfg, nodes, gram, cross, reg, reference) -> tuple[np.ndarray |
     iterate in the (G + reg I)-norm. A
     round that not every node answers stops the refinement (a missing term
     would bias the step); the last complete iterate is kept. Returns (W or
-    None when no round completed, history); ``reference`` (k, p), when given,
-    is the centralized head each round is compared with.
+    None when no round completed, history with each round's test accuracy
+    by ``score(W)``); ``reference`` (k, p), when given, is the centralized
+    head each round is compared with.
     """
     factor = cho_factor(gram + reg * np.eye(gram.shape[0]))
     solution = np.zeros_like(cross)
@@ -256,8 +258,8 @@ def _refine(grid, cfg, nodes, gram, cross, reg, reference) -> tuple[np.ndarray |
         asks = [Message(content, dst_node_id=n, message_type="train.refine", group_id=f"refine-{t}") for n in nodes]
         replies = [r for r in grid.send_and_receive(asks, timeout=cfg.deadline_s) if not r.has_error()]
         if len(replies) < len(nodes):
-            logger.warning("federated: refinement round %d stopped: %d of %d nodes answered", t, len(replies), len(nodes))
-            history.append({"round": t, "stopped": f"{len(replies)} of {len(nodes)} nodes answered"})
+            logger.warning("federated: refinement round %d stopped: %d of %d nodes answered", t + 1, len(replies), len(nodes))
+            history.append({"round": t + 1, "stopped": f"{len(replies)} of {len(nodes)} nodes answered"})
             break
         product = sum(r.content["product"]["gw"].numpy() for r in replies).T + reg * direction  # (G + reg I) D^T
         curvature = np.sum(direction * product, axis=0)
@@ -271,6 +273,7 @@ def _refine(grid, cfg, nodes, gram, cross, reg, reference) -> tuple[np.ndarray |
         weights = solution.T.copy()
         entry = {
             "round": t + 1,
+            "accuracy": score(weights),
             "residual_norm": float(np.linalg.norm(residual)),
             "upload_bytes": int(sum(r.content["product"].count_bytes() for r in replies)),
         }

@@ -250,8 +250,27 @@ def test_refinement_rounds_upload_k_rows_and_reduce_the_weight_error():
     errors = [h["weight_error"] for h in history]
     assert all(b < a for a, b in zip(errors, errors[1:]))
     assert errors[-1] < one_shot["weight_error"]
+    assert history[-1]["accuracy"] == refined["accuracy"]
     # k rows of p float64 per client and round, plus the array headers.
     assert all(5 * 10 * 64 * 8 <= h["upload_bytes"] < 5 * (10 * 64 * 8 + 256) for h in history)
+
+
+def test_refinement_stops_at_a_round_not_every_node_answers_and_keeps_the_last_head():
+    from federated.client_app import refine as real_refine
+
+    app = ClientApp()
+    app.train()(real_upload)
+
+    @app.train("refine")
+    def refine(msg: Message, context) -> Message:
+        if int(context.node_config["partition-id"]) == 1:
+            raise RuntimeError("gone")
+        return real_refine(msg, context)
+
+    options = dict(num_clients=3, mode="sketch", max_points=6, engine="inprocess")
+    stopped = simulate(rounds=4, client_app=app, **options)
+    assert stopped["refinement"] == [{"round": 2, "stopped": "2 of 3 nodes answered"}]
+    assert torch.equal(stopped["head"].weights_, simulate(**options)["head"].weights_)
 
 
 # -- bad uploads and faults ------------------------------------------------------------------------------
