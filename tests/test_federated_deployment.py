@@ -226,6 +226,21 @@ def test_bad_arguments_are_refused_before_anything_starts(tmp_path):
     assert not any((tmp_path / n).exists() for n in "abcdef")
 
 
+def test_a_superlink_that_dies_at_start_up_fails_with_its_log(tmp_path, monkeypatch):
+    import federated.deploy.loopback as loopback
+
+    fake = tmp_path / "flower-superlink"
+    fake.write_text("#!/bin/sh\necho 'cannot bind: the port is taken'\nexit 3\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(loopback, "executable", lambda name: str(fake))
+    dep = LoopbackDeployment(tmp_path / "w", 2, timeout_s=60)
+    with pytest.raises(DeploymentError, match="exited at start-up") as err:
+        with dep:
+            pytest.fail("the deployment started")
+    assert "cannot bind: the port is taken" in str(err.value) and "exit 3" in str(err.value)
+    assert dep.processes.survivors() == [] and len(dep.processes.started) == 1
+
+
 def test_node_config_gives_each_node_its_partition_and_data():
     from flwr.common.config import parse_config_args
 
