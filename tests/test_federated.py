@@ -270,7 +270,8 @@ def test_refinement_stops_at_a_round_not_every_node_answers_and_keeps_the_last_h
     options = dict(num_clients=3, mode="sketch", max_points=6, engine="inprocess")
     stopped = simulate(rounds=4, client_app=app, **options)
     assert stopped["refinement"] == [{"round": 2, "stopped": "2 of 3 nodes answered"}]
-    assert torch.equal(stopped["head"].weights_, simulate(**options)["head"].weights_)
+    # The same one-shot head, up to the order in which the replies were summed.
+    assert _rel(stopped["head"].weights_, simulate(**options)["head"].weights_) < 1e-10
 
 
 # -- bad uploads and faults ------------------------------------------------------------------------------
