@@ -256,10 +256,8 @@ class LoopbackDeployment:
     def _stage_app(self) -> Path:
         """The app bundle's folder: this package's modules and a pyproject.toml with the run's config."""
         app = self.workdir / "app"
-        (app / "federated").mkdir(parents=True)
-        # The app is the federated package's own modules; distillmem and flwr are installed on every node.
-        for module in Path(__file__).parents[1].glob("*.py"):
-            shutil.copy2(module, app / "federated" / module.name)
+        # The app is the federated package's Python files; distillmem and flwr are installed on every node.
+        shutil.copytree(Path(__file__).parents[1], app / "federated", ignore=_not_python)
         project = {
             "build-system": {"requires": ["setuptools>=68"], "build-backend": "setuptools.build_meta"},
             "project": {"name": "distillmem-federated", "version": "1.0.0", "dependencies": []},
@@ -275,6 +273,11 @@ class LoopbackDeployment:
         }
         (app / "pyproject.toml").write_text(tomli_w.dumps(project))
         return app
+
+
+def _not_python(folder: str, names: list[str]) -> list[str]:
+    """For shutil.copytree: skip everything but Python files and the folders that hold them."""
+    return [n for n in names if n == "__pycache__" or not (n.endswith(".py") or (Path(folder) / n).is_dir())]
 
 
 def tls_handshake(host: str, port: int, ca: Path | None, server_hostname: str | None = None) -> None:
