@@ -45,6 +45,9 @@ class LoopbackDeployment:
     ``--enable-supernode-auth`` and registers one key pair per node.
     ``node_data`` is each node's ``data-path`` node-config entry. Every
     wait is bounded by ``timeout_s``; on failure the error carries the logs.
+    ``stop`` runs on leaving the block (error and Ctrl-C included) and at
+    interpreter exit; a program that may receive SIGTERM should turn it into
+    SystemExit, as ``python -m federated.deploy`` does.
     """
 
     def __init__(
@@ -233,9 +236,9 @@ class LoopbackDeployment:
                 else:
                     tls_handshake("127.0.0.1", self.port, self.certificates.ca)
                 return
-            except ssl.SSLCertVerificationError as err:  # listening, but with a certificate our CA does not accept
-                raise DeploymentError(f"the SuperLink's certificate does not verify: {err}\n{self.processes.tails()}") from None
-            except OSError:  # not listening yet (ssl.SSLError is an OSError too)
+            except ssl.SSLError as err:  # listening, but not with TLS or with a certificate our CA does not accept
+                raise DeploymentError(f"TLS with the SuperLink failed: {err}\n{self.processes.tails()}") from None
+            except OSError:  # not listening yet
                 time.sleep(POLL_S)
         raise DeploymentError(f"the SuperLink did not listen on {self.address} within {self.timeout_s:.0f} s\n{self.processes.tails()}")
 
