@@ -89,6 +89,8 @@ def test_tls_deployment_gives_the_in_process_head(deployment):
 @pytest.mark.deployment
 def test_clients_need_the_ca_and_the_right_name(deployment):
     dep, _ = deployment
+    nodes = [p.cmdline() for p in dep.processes.alive() if "flower-supernode" in " ".join(p.cmdline()[:2])]
+    assert len(nodes) == 3 and all("--insecure" not in argv and str(dep.certificates.ca) in argv for argv in nodes)
     tls_handshake("127.0.0.1", dep.port, dep.certificates.ca)
     tls_handshake("127.0.0.1", dep.port, dep.certificates.ca, server_hostname="localhost")
     with pytest.raises(ssl.SSLCertVerificationError):
@@ -140,6 +142,19 @@ def test_stop_leaves_no_process(deployment):
     assert marked_processes(dep.processes.token) == []
     left = subprocess.run(["pgrep", "-f", str(dep.workdir)], capture_output=True, text=True, check=False).stdout.split()
     assert left == [], f"processes naming {dep.workdir} left: {left}"
+
+
+@pytest.mark.deployment
+def test_insecure_only_when_asked_speaks_plain_http(tmp_path):
+    with LoopbackDeployment(tmp_path / "plain", 2, insecure=True, timeout_s=TIMEOUT_S) as dep:
+        assert dep.certificates is None and not (dep.workdir / "certs").exists()
+        assert 'insecure = true' in (dep.workdir / "cli" / "config.toml").read_text()
+        with pytest.raises(ssl.SSLError):
+            tls_handshake("127.0.0.1", dep.port, None)
+        assert dep.flwr(["list", "deployment"])["success"]
+        nodes = [p.cmdline() for p in dep.processes.alive() if "flower-supernode" in " ".join(p.cmdline()[:2])]
+        assert len(nodes) == 2 and all("--insecure" in argv and "--root-certificates" not in argv for argv in nodes)
+    assert _processes_of(dep.workdir) == []
 
 
 @pytest.mark.deployment
