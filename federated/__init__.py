@@ -48,7 +48,9 @@ def simulate(
     fitted distillmem.KRR), ``accuracy``, ``centralized_accuracy``,
     ``weight_error``, ``reg``, ``upload_bytes`` (one entry per client that
     answered), ``total_upload_bytes``, ``clients`` ({"accepted", "rejected":
-    {node: reason}, "missing", ...}) and ``wall_time_s``.
+    {node: reason}, "missing", ...}), ``refinement`` (one entry per round) and
+    ``wall_time_s`` (the server's run without the centralized reference fit,
+    which ``centralized_time_s`` reports).
     """
     if engine not in ENGINES:
         raise ValueError(f"engine={engine!r}: must be one of {ENGINES}")

@@ -230,7 +230,8 @@ def make_upload(cfg: Config, fmap: FeatureMap, x: np.ndarray, y: np.ndarray, k: 
     - stats: the Gram's upper triangle (p (p + 1) / 2,) and the cross moments (k, p), float64.
     - real: r random local points (r, d) float32 with their labels (r,) int64.
     - means: per-class feature means (k, p) float64 and counts (k,) int64.
-    - ipc: the paper's distilled set, points (k ipc, d) and targets (k ipc, k), float64, at ``cfg.reg``.
+    - ipc: the paper's distilled set, points (k ipc, d) and targets (k ipc, k), float64, at ``cfg.reg``,
+      with the local class counts (k,) int64.
     """
     p = fmap.out_features(x.shape[1])
     if cfg.mode == "moments":
@@ -266,7 +267,8 @@ def make_upload(cfg: Config, fmap: FeatureMap, x: np.ndarray, y: np.ndarray, k: 
     syn = dm.distill(x.astype(np.float64), local, ipc=cfg.ipc, feature_map=fmap, reg=float(cfg.reg), n_classes=present.size, seed=cfg.seed)
     targets = np.zeros((len(syn), k))
     targets[:, present] = syn.y.numpy()
-    return {"x": syn.x.numpy(), "targets": targets, "reg": np.array([syn.reg])}
+    counts = np.bincount(y, minlength=k).astype(np.int64)
+    return {"x": syn.x.numpy(), "targets": targets, "reg": np.array([syn.reg]), "counts": counts}
 
 
 def _features(fmap: FeatureMap, x: np.ndarray) -> np.ndarray:
@@ -303,7 +305,7 @@ def upload_schema(cfg: Config, d: int, p: int, k: int) -> dict[str, tuple[np.dty
         "stats": {"gram": (f64, (p * (p + 1) // 2,)), "cross": (f64, (k, p))},
         "real": {"x": (f32, (None, d)), "labels": (i64, (None,))},
         "means": {"means": (f64, (k, p)), "counts": (i64, (k,))},
-        "ipc": {"x": (f64, (None, d)), "targets": (f64, (None, k)), "reg": (f64, (1,))},
+        "ipc": {"x": (f64, (None, d)), "targets": (f64, (None, k)), "reg": (f64, (1,)), "counts": (i64, (k,))},
     }[cfg.mode]
 
 
@@ -331,7 +333,7 @@ def validate_upload(cfg: Config, arrays: dict[str, np.ndarray], n_local: int, d:
             raise UploadError(f"{name} contains NaN or Inf")
     if cfg.mode == "real" and arrays["labels"].size and not (0 <= arrays["labels"].min() and arrays["labels"].max() < k):
         raise UploadError(f"labels outside [0, {k}): min {arrays['labels'].min()}, max {arrays['labels'].max()}")
-    if cfg.mode == "means":
+    if cfg.mode in ("means", "ipc"):
         counts = arrays["counts"]
         if counts.min() < 0 or int(counts.sum()) != n_local:
             raise UploadError(f"counts {counts.tolist()} are not >= 0 or do not sum to n-local={n_local}")
@@ -379,10 +381,22 @@ def upload_statistics(
     return (means.T * counts) @ means, (means.T * counts), None
 
 
-def upload_head(cfg: Config, fmap: FeatureMap, arrays: dict[str, np.ndarray], k: int) -> np.ndarray:
-    """The local head W_i (k, p) an "ipc" upload reproduces: KRR on its points at its reg."""
+def upload_head(cfg: Config, fmap: FeatureMap, arrays: dict[str, np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The local head W_i (k, p) an "ipc" upload reproduces (KRR on its points at its reg) and its class counts (k,)."""
     model = dm.KRR(fmap, reg=float(arrays["reg"][0]), n_classes=k).fit(arrays["x"], arrays["targets"])
-    return model.weights_.numpy()
+    return model.weights_.numpy(), arrays["counts"].astype(np.float64)
+
+
+def average_heads(heads: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Row c of the head: the clients' rows c averaged by their counts of class c (zero where no client has c).
+
+    Under label skew a client's row for a class it barely holds is poor; weighting
+    rows by class counts rather than whole heads by n_i keeps each row from the
+    clients that saw the class.
+    """
+    weights = sum(counts[:, None] * w for w, counts in heads)
+    totals = sum(counts for _, counts in heads)
+    return np.divide(weights, totals[:, None], out=np.zeros_like(weights), where=totals[:, None] > 0)
 
 
 class RidgePath:
