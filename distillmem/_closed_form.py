@@ -25,13 +25,14 @@ Convention of the public builders (``distill``/``KRRDistiller``,
 - defaults ``ipc=10``, ``init="noise"``, ``seed=0``, ``device=None`` (CPU),
   ``progress=False``; ``dataset``, ``mean`` and ``std`` are recorded in the set;
 - the caller's feature map and teacher are never moved or changed: the
-  builders work on a copy of the map on ``device`` and read the teacher's
-  weights as tensors. Sets come back on the CPU in float64.
+  builders use the map as it is when it already lives on ``device`` and a
+  copy moved there otherwise, and read the teacher's weights as tensors. Sets come back on the CPU in float64.
 """
 
 from __future__ import annotations
 
-import copy
+import os
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -47,6 +48,8 @@ from .distilled_set import DistilledSet
 from .features import FeatureMap, Identity
 from .krr import KRR
 from .provenance import Provenance
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 INITS = ("noise", "real")
 ROOTS = ("plus", "minus")
@@ -99,8 +102,8 @@ def check_feature_map(feature_map: Any) -> FeatureMap | None:
 
 
 def working_copy(feature_map: FeatureMap, device: torch.device) -> FeatureMap:
-    """A copy of ``feature_map`` on ``device``, so the caller's map is never moved."""
-    return copy.deepcopy(feature_map).to(device)
+    """``feature_map`` on ``device``: itself if already there, else a moved copy (the caller's map never moves)."""
+    return feature_map.on_device(device)
 
 
 def resolve_map(feature_map: FeatureMap | None, teacher: KRR | None) -> FeatureMap:
@@ -284,9 +287,21 @@ def refit_error(
 
 
 def warn_if_inexact(error: float, subject: str = "the distilled model differs from the original") -> None:
-    """Warn (at the caller's caller) when a refit error exceeds RECOVERY_TOLERANCE."""
+    """Warn, at the user's line that called into distillmem, when a refit error exceeds RECOVERY_TOLERANCE."""
     if not error <= RECOVERY_TOLERANCE:
-        warnings.warn(f"{subject}: relative weight error {error:.3g} > {RECOVERY_TOLERANCE:g}", stacklevel=3)
+        warnings.warn(f"{subject}: relative weight error {error:.3g} > {RECOVERY_TOLERANCE:g}", stacklevel=_outside_level())
+
+
+def _outside_level() -> int:
+    """The stacklevel, seen from our caller, of the first frame outside the distillmem package.
+
+    Builders reach the warning through one to three frames of their own, so a
+    fixed stacklevel would point into the package for some of them.
+    """
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 # -- the set ---------------------------------------------------------------------

@@ -137,9 +137,9 @@ class KRR:
         """
         self._check_params()
         streamed = check_data_args(x, y)
-        fmap = self.feature_map_ = Identity() if self.feature_map is None else self.feature_map
         device = resolve_device(self.device)
-        fmap.to(device)
+        chosen = Identity() if self.feature_map is None else self.feature_map
+        fmap = self.feature_map_ = chosen.on_device(device)
 
         val = None
         if eval_set is not None:
@@ -294,7 +294,7 @@ class KRR:
         if xs.shape[1] != self.n_features_in_:
             raise ValueError(f"x has {xs.shape[1]} features, the model was fitted on {self.n_features_in_}")
         device = resolve_device(self.device)
-        fmap = self.feature_map_.to(device)
+        fmap = self.feature_map_.on_device(device)
         weights_t = self.weights_.T.to(device)
         out = [
             (checked_features(fmap, xc, first_row=start).to(torch.float64) @ weights_t).cpu()

@@ -148,7 +148,7 @@ class MomentMemory:
         self._check_params()
         streamed = check_data_args(x, y)
         device = resolve_device(self.device)
-        fmap = self.feature_map.to(device)
+        fmap = self.feature_map.on_device(device)
         if not streamed:
             xs = as_samples(x)
             targets, _ = as_targets(y, xs.shape[0], self.n_classes)
@@ -312,7 +312,7 @@ class MomentMemory:
         if self.n_points == 0:
             raise ValueError("the memory has no points (its features are all zero): nothing to turn into a set")
         device = resolve_device(self.device)
-        fmap.to(device)
+        fmap = fmap.on_device(device)
         features, targets = self.features_.to(device), self.targets_.to(device)
         if align_to is not None:
             reference = to_tensor(as_samples(align_to, name="align_to"), device, name="align_to").to(torch.float64)

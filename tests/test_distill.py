@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 
 import pytest
 import torch
@@ -479,3 +480,14 @@ def test_digits_student_predicts_exactly_like_teacher():
     assert teacher.score(data.x_test, data.y_test) > 0.9
     assert torch.equal(student.predict(data.x_test), teacher.predict(data.x_test))
     assert student.score(data.x_test, data.y_test) == teacher.score(data.x_test, data.y_test)
+
+
+def test_an_inexact_distill_warns_at_the_callers_line(monkeypatch, problem):
+    # distill() reaches the warning through more frames than the other builders;
+    # the warning must still name this file, not a line inside distillmem.
+    module = importlib.import_module("distillmem.distill")  # the package attribute is the function
+    monkeypatch.setattr(module, "refit_error", lambda *args, **kwargs: 1.0)
+    x, y = problem
+    with pytest.warns(UserWarning, match="relative weight error") as caught:
+        distill(x, y, ipc=1, reg=1e-3)
+    assert caught[0].filename == __file__

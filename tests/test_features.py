@@ -300,3 +300,16 @@ def test_preimage_rejects_wrong_feature_width(name):
     wrong = fmap.out_features(D) + 1
     with pytest.raises(ValueError, match="expects inputs of shape"):
         fmap.preimage(0.01 * inputs(d=wrong))
+
+
+def test_on_device_returns_the_map_itself_or_a_moved_copy():
+    fmap = RandomFCNN(in_features=12, seed=0)
+    assert fmap.on_device(torch.device("cpu")) is fmap
+    moved = fmap.on_device(torch.device("meta"))  # any other device: the caller's map stays put
+    assert moved is not fmap
+
+    def tensors(module):
+        return [*module.parameters(), *module.buffers()]
+
+    assert tensors(fmap) and all(t.device.type == "meta" for t in tensors(moved))
+    assert all(t.device.type == "cpu" for t in tensors(fmap))

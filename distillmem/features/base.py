@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -62,6 +63,18 @@ class FeatureMap(nn.Module):
         refitted weights unchanged (theory.md, section 11.2).
         """
         return 1.0
+
+    def on_device(self, device: torch.device) -> "FeatureMap":
+        """This map if all its tensors are on ``device``, else a copy moved there.
+
+        Estimators and builders call this instead of ``.to(device)`` so that a
+        caller's map is never moved behind their back, and so that the common
+        case (already on the device) costs no copy.
+        """
+        tensors = [*self.parameters(), *self.buffers()]
+        if all(_same_device(t.device, device) for t in tensors):
+            return self
+        return copy.deepcopy(self).to(device)
 
     # -- serialization ------------------------------------------------------
     def spec_params(self) -> dict[str, Any]:
@@ -131,3 +144,8 @@ def layer_widths(in_features: Any, widths: Any) -> tuple[int, tuple[int, ...]]:
 def check_width(x: torch.Tensor, expected: int, owner: str) -> None:
     if x.ndim != 2 or x.shape[1] != expected:
         raise ValueError(f"{owner} expects inputs of shape (n, {expected}), found {tuple(x.shape)}")
+
+
+def _same_device(actual: torch.device, wanted: torch.device) -> bool:
+    """``wanted`` without an index ("cuda") matches any device of its type ("cuda:0")."""
+    return actual.type == wanted.type and (wanted.index is None or actual.index == wanted.index)
