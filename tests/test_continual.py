@@ -483,3 +483,19 @@ def test_er_ace_and_gdumb_take_the_buffer_as_their_storage_policy(bench):
     assert gdumb_plugin.storage_policy.n_points == 30
     # GDumb trains on the memory only: 30, then 28 (7 per class), then 30 distilled points.
     assert sizes.sizes == [30, 28, 30]
+
+
+@pytest.mark.parametrize(
+    ("feature_map", "init"),
+    [(dm.features.RandomFCNN(in_features=64, seed=0), "real"), (dm.features.Identity(), "noise")],
+)
+def test_buffer_other_maps_and_inits_keep_the_head_through_shrinking(bench, exp_tensors, feature_map, init):
+    buffer = DistilledBuffer(max_size=24, feature_map=feature_map, reg=1.0, init=init)
+    for exp in bench.train_stream[:2]:
+        buffer.post_adapt(None, exp)
+    x, y = exp_tensors[0]
+    group = buffer.groups[0]
+    assert len(group.distilled) == 12  # shrunk from 24 to 6 per class
+    local = torch.searchsorted(torch.tensor(group.classes), y)
+    teacher = dm.KRR(feature_map, reg=1.0, n_classes=2).fit(x, local)
+    assert rel_err(group.distilled.fit_krr().weights_, teacher.weights_) <= 1e-6
