@@ -7,6 +7,7 @@ worker that asks for partition i gets the same indices.
 
 from __future__ import annotations
 
+import warnings
 from functools import lru_cache
 
 import numpy as np
@@ -53,7 +54,16 @@ def partition_indices(
     else:
         raise ValueError(f"partition={partition!r}: must be one of ('iid', 'dirichlet', 'pathological')")
     partitioner.dataset = Dataset.from_dict({"idx": order, "label": y[order]})
-    parts = tuple(np.sort(np.asarray(partitioner.load_partition(i)["idx"], dtype=np.int64)) for i in range(num_partitions))
+    try:
+        with warnings.catch_warnings():
+            # The library warns at every Dirichlet redraw; a split that fails for good raises below instead.
+            warnings.filterwarnings("ignore", category=UserWarning, module="flwr_datasets")
+            parts = tuple(np.sort(np.asarray(partitioner.load_partition(i)["idx"], dtype=np.int64)) for i in range(num_partitions))
+    except ValueError as err:
+        raise ValueError(
+            f"partition={partition!r} with alpha={alpha} cannot split {n} samples over {num_partitions} clients ({err}); "
+            "use fewer clients, a larger alpha or another partition"
+        ) from None
     covered = np.concatenate(parts)
     if covered.shape[0] != n or np.unique(covered).shape[0] != n:
         raise ValueError(

@@ -35,6 +35,7 @@ from .task import (
     make_feature_map,
     spec_json,
     split_training,
+    training_partitions,
     upload_head,
     upload_statistics,
     validate_upload,
@@ -74,6 +75,9 @@ def run_server(grid: Grid, cfg: Config) -> dict[str, Any]:
     p = fmap.out_features(d)
     spec = spec_json(fmap)
     pool, server_val = split_training(cfg, data.x_train.shape[0])
+    # Every client builds the same partitions; building them here first turns a split that cannot be
+    # made into one clear error before any node is asked.
+    training_partitions(cfg, data)
 
     nodes = _wait_for_nodes(grid, cfg.num_clients, cfg.deadline_s)
     logger.info("federated: %d of %d nodes connected, mode %s", len(nodes), cfg.num_clients, cfg.mode)

@@ -434,23 +434,27 @@ def write_json_atomic(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     return target
 
 
+def training_partitions(cfg: Config, data: Arrays) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """(client pool, the clients' positions into it): the partitions of the run, identical in every process."""
+    from .partitions import partition_indices
+
+    pool, _ = split_training(cfg, data.x_train.shape[0])
+    labels = tuple(data.y_train[pool].tolist())
+    return pool, partition_indices(labels, cfg.num_clients, cfg.partition, float(cfg.alpha), cfg.classes_per_client, cfg.seed)
+
+
 def client_partition(cfg: Config, partition_id: int, num_partitions: int, data_path: str) -> tuple[np.ndarray, ...]:
     """A client's (x_fit, y_fit, x_held, y_held): its partition of the training split, held-out part for lambda.
 
     ``data_path`` is the client's own copy of the data (a deployment's
     node-config may point elsewhere than the server's).
     """
-    from .partitions import partition_indices
-
     if num_partitions != cfg.num_clients:
         raise ValueError(f"the node has num-partitions={num_partitions}, the run num-clients={cfg.num_clients}")
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition-id={partition_id} is outside 0..{num_partitions - 1}")
     data = load_arrays(cfg.dataset, data_path)
-    pool, _ = split_training(cfg, data.x_train.shape[0])
-    parts = partition_indices(
-        tuple(data.y_train[pool].tolist()), num_partitions, cfg.partition, float(cfg.alpha), cfg.classes_per_client, cfg.seed
-    )
+    pool, parts = training_partitions(cfg, data)
     idx = pool[parts[partition_id]]
     fit, held = local_split(cfg, partition_id, idx.shape[0])
     x, y = data.x_train[idx], data.y_train[idx]

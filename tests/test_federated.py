@@ -113,6 +113,8 @@ def test_partitions_scale_to_many_clients_and_refuse_impossible_ones():
         partition_indices(labels, 4, "pathological", 0.5, 2, 0)
     with pytest.raises(ValueError, match="exceeds"):
         partition_indices(labels[:10], 11, "iid", 0.5, 2, 0)
+    with pytest.raises(ValueError, match="cannot split 1437 samples over 1000 clients"):
+        simulate(num_clients=1000, partition="dirichlet", alpha=0.1, mode="means", engine="inprocess")
 
 
 def test_server_validation_split_is_carved_before_partitioning():
