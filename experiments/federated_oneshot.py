@@ -57,6 +57,11 @@ ONESHOT_GAP = {"dir0.5": 0.5, "dir0.1": 1.5}
 REFINE_GAP = 0.1
 REFINED, ONE_SHOT_OF_REFINED = "sketch r=100, 5 rounds", "sketch r=100"
 SMALL = ("sketch r=100",)  # the "at most 100 points per client plus k rows of cross moments" upload
+#: One-shot uploads compared with means, head averaging and FedAvg: the one nearest their bytes, and SMALL.
+COMPARED = ("sketch r=10", *SMALL)
+#: One-shot uploads of at most 100 points (rows) per client, besides k rows of cross moments or class means.
+AT_MOST_100 = ("sketch r=10", "sketch r=50", "sketch r=100", "moments r=100 (truncated)", "real r=100", "means (FedNCM)",
+               "head averaging, ipc=1", "head averaging, ipc=10")
 
 
 # -- measuring ------------------------------------------------------------------------------------
@@ -122,6 +127,7 @@ def measure(args) -> dict:
                   f"{args.fedavg_rounds} rounds ({fedavg[-1]['wall_time_s']:.1f} s)", flush=True)
     load.append(os.getloadavg()[0])
     return {
+        "code": _code_version(),
         "load_average": load,
         "setup": {
             "dataset": args.dataset, "n_train": int(data.x_train.shape[0]), "n_test": int(data.x_test.shape[0]),
@@ -136,34 +142,55 @@ def measure(args) -> dict:
     }
 
 
+def _code_version() -> str:
+    """The repository's commit, with "+changes" when federated/ or distillmem/ differ from it."""
+    import subprocess
+
+    git = lambda *a: subprocess.run(["git", *a], cwd=harness.REPO, capture_output=True, text=True).stdout.strip()  # noqa: E731
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("+changes" if git("status", "--porcelain", "--", "federated", "distillmem") else "")
+
+
 def merge(paths: list[Path]) -> dict:
     """One result from the JSON of runs that measured other seeds or partitions of the same setup.
 
     Lets the seeds run as separate processes; each part's command and machine are kept under ``parts``.
     """
     parts = [json.loads(Path(p).read_text()) for p in paths]
-    same = ("dataset", "n_train", "n_test", "clients", "reg", "feature_map", "engine", "threads", "fedavg")
+    same = ("dataset", "n_train", "n_test", "clients", "reg", "feature_map", "engine", "threads")
     first = parts[0]
+    fedavg = [part["setup"]["fedavg"] for part in parts if part["setup"]["fedavg"]["rounds"] > 0]
     for path, part in zip(paths, parts):
         for key in same:
             if part["setup"][key] != first["setup"][key]:
                 raise SystemExit(f"--merge {path}: setup {key} is {part['setup'][key]!r}, the first part's {first['setup'][key]!r}")
+        if part["setup"]["fedavg"]["rounds"] > 0 and part["setup"]["fedavg"] != fedavg[0]:
+            raise SystemExit(f"--merge {path}: FedAvg setup {part['setup']['fedavg']!r} differs from {fedavg[0]!r}")
         if part["centralized"]["accuracy"] != first["centralized"]["accuracy"]:
             raise SystemExit(f"--merge {path}: centralized accuracy differs from the first part's")
-    runs = [r for part in parts for r in part["runs"]]
-    keys = [(r["method"], r["partition"], r["seed"]) for r in runs]
-    keys += [(FEDAVG, f["partition"], f["seed"]) for part in parts for f in part["fedavg"]]
-    if len(set(keys)) != len(keys):
-        raise SystemExit("--merge: the parts measure some (method, partition, seed) twice")
+    # A later part's run replaces an earlier part's run of the same (method, partition, seed): a re-measurement.
+    latest, replaced = {}, []
+    for i, part in enumerate(parts):
+        for run in part["runs"]:
+            key = (run["method"], run["partition"], run["seed"])
+            if key in latest:
+                replaced.append({"method": key[0], "partition": key[1], "seed": key[2], "part": latest[key][0], "by": i})
+            latest[key] = (i, run)
+    runs = [run for _, run in latest.values()]
+    fed = [(f["partition"], f["seed"]) for part in parts for f in part["fedavg"]]
+    if len(set(fed)) != len(fed):
+        raise SystemExit("--merge: the parts run FedAvg twice on some (partition, seed)")
     cells = {c for part in parts for c in part["setup"]["partitions"]}
     return {
         "load_average": [max(p["load_average"][i] for p in parts) for i in (0, 1)],
-        "setup": {**first["setup"], "seeds": sorted({s for p in parts for s in p["setup"]["seeds"]}),
+        "setup": {**first["setup"], "fedavg": (fedavg or [first["setup"]["fedavg"]])[0], "seeds": sorted({s for p in parts for s in p["setup"]["seeds"]}),
                   "partitions": [c for c in PARTITIONS if c in cells]},
         "centralized": first["centralized"],
         "runs": runs,
         "fedavg": [f for part in parts for f in part["fedavg"]],
-        "parts": [{k: part[k] for k in ("command", "machine", "load_average")} for part in parts],
+        "parts": [{"code": part.get("code", "not recorded"), **{k: part[k] for k in ("command", "machine", "load_average")}}
+                  for part in parts],
+        "replaced": replaced,
     }
 
 
@@ -222,6 +249,11 @@ def weight_errors(payload: dict, cell: str) -> dict[int, list[float]]:
     return found
 
 
+def _within(gap: float, points: float) -> bool:
+    """Whether an accuracy ``gap`` (a share) is at most ``points`` percentage points, up to float rounding."""
+    return 100 * gap <= points + 1e-9
+
+
 def rounds_to_reach(curve: list[float], target: float) -> int | None:
     """The first round (1-based) whose seed-mean accuracy reaches ``target``, or None."""
     return next((t for t, a in enumerate(curve, 1) if a >= target), None)
@@ -247,27 +279,42 @@ def targets(payload: dict) -> list[str]:
             lines.append(f"{_cell_name(cell)}: `moments` weight error ≤ {harness.sci(exact['weight_error'])} "
                          f"(target ≤ 1e-6), accuracy gap {exact['gap'] * 100:+.2f} points (target within 0.05): "
                          f"{'met' if exact['weight_error'] <= 1e-6 and abs(exact['gap']) * 100 <= 0.05 else 'not met'}.")
-        for label in SMALL:
+        for label in COMPARED:
             if label in rows and cell in ONESHOT_GAP:
                 row, limit = rows[label], ONESHOT_GAP[cell]
-                lines.append(f"{_cell_name(cell)}: `{label}` is {100 * row['gap']:.2f} points below centralized "
-                             f"(seed mean; worst seed {100 * row['worst_gap']:.2f}), target within {limit}: "
-                             f"{'met' if 100 * row['gap'] <= limit else 'not met'}.")
+                if label in SMALL:
+                    lines.append(f"{_cell_name(cell)}: `{label}` is {100 * row['gap']:.2f} points below centralized "
+                                 f"(seed mean; worst seed {100 * row['worst_gap']:.2f}), target within {limit}: "
+                                 f"{'met' if _within(row['gap'], limit) else 'not met'}.")
+                    small = {m: r for m, r in rows.items() if m in AT_MOST_100}
+                    best = max(small, key=lambda m: small[m]["acc"])
+                    lines.append(f"{_cell_name(cell)}: the best one-shot upload of at most 100 points per client is `{best}`, "
+                                 f"{100 * small[best]['gap']:.2f} points below centralized: "
+                                 f"{'met' if _within(small[best]['gap'], limit) else 'not met'}.")
                 rivals = [m for m in ("means (FedNCM)", "head averaging, ipc=1", "head averaging, ipc=10") if m in rows]
                 beaten = [m for m in rivals if row["acc"] >= rows[m]["acc"]]
                 lines.append(f"{_cell_name(cell)}: `{label}` ({_kb(row['bytes_client'])} per client, "
                              f"{100 * row['acc']:.2f}%) against " + ", ".join(
                                  f"`{m}` ({_kb(rows[m]['bytes_client'])}, {100 * rows[m]['acc']:.2f}%)" for m in rivals)
                              + f": at least as accurate as {len(beaten)} of {len(rivals)}.")
+                if FEDAVG in rows:
+                    fed = rows[FEDAVG]
+                    t = rounds_to_reach(fed["curve"], row["acc"])
+                    lines.append(f"{_cell_name(cell)}: FedAvg (linear head) reaches `{label}`'s accuracy "
+                                 + (f"after {t} rounds, {_kb(t * fed['per_round'] * payload['setup']['clients'])} of uploads "
+                                    f"against {_kb(row['bytes_total'])}." if t else
+                                    f"in none of its {len(fed['curve'])} rounds ({100 * fed['acc']:.2f}% after the last, "
+                                    f"{_kb(fed['bytes_total'])} of uploads; the one-shot upload is {_kb(row['bytes_total'])})."))
         refine = rows.get(REFINED)
         if refine and cell in ONESHOT_GAP:
             errors = weight_errors(payload, cell)
             falling = all(all(b < a for a, b in zip(e, e[1:])) for e in errors.values())
+            per_round = max(e["upload_bytes"] for h in refine["refinement"] for e in h) / payload["setup"]["clients"]
             lines.append(f"{_cell_name(cell)}: refinement to 5 rounds is {100 * refine['gap']:.2f} points below centralized "
-                         f"(worst seed {100 * refine['worst_gap']:.2f}; target within {REFINE_GAP}): "
-                         f"{'met' if 100 * refine['worst_gap'] <= REFINE_GAP else 'not met'}; final weight error "
+                         f"(seed mean; worst seed {100 * refine['worst_gap']:.2f}; target within {REFINE_GAP}): "
+                         f"{'met' if _within(refine['worst_gap'], REFINE_GAP) else 'not met'}; final weight error "
                          f"≤ {harness.sci(refine['weight_error'])}; weight error falling every round in every seed: "
-                         f"{'yes' if falling else 'no'}.")
+                         f"{'yes' if falling else 'no'}; each round's upload {_kb(per_round)} per client (k rows of p).")
     return lines
 
 
@@ -283,6 +330,12 @@ def markdown(payload: dict) -> str:
         "",
         f"Command: `{payload['command']}`; machine: {payload['machine']}.",
         "",
+        *([f"Merged from {len(payload['parts'])} runs (part: command, code commit): "
+           + "; ".join(f"{i}: `{part['command']}`, {part['code']}" for i, part in enumerate(payload["parts"])) + ".", ""]
+          if "parts" in payload else []),
+        *([f"Re-measured (a later part replaced an earlier one's run): " + "; ".join(
+            f"{r['method']}, {r['partition']}, seed {r['seed']}: part {r['part']} by part {r['by']}" for r in payload["replaced"]) + ".", ""]
+          if payload.get("replaced") else []),
         f"{setup['n_train']:,} training points split over {setup['clients']} clients, {setup['n_test']:,} test points; "
         f"FCNN features (`RandomFCNN(d, seed=0)`), "
         f"λ = {setup['reg']:g}; seeds {setup['seeds']}. One-shot runs use the app's in-process engine "
@@ -299,8 +352,8 @@ def markdown(payload: dict) -> str:
     ]
     for cell, rows in table.items():
         lines += [f"## {_cell_name(cell)}", "",
-                  "| method | accuracy (%) | below centralized (points) | bytes per client | bytes in total | FedAvg rounds (bytes) to reach it | wall time (s) |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| method | seeds | accuracy (%) | below centralized (points) | bytes per client | bytes in total | FedAvg rounds (bytes) to reach it | wall time (s) |",
+                  "|---|---|---|---|---|---|---|---|"]
         curve = rows.get(FEDAVG, {}).get("curve")
         for label, row in rows.items():
             reach = "–"
@@ -308,16 +361,20 @@ def markdown(payload: dict) -> str:
                 t = rounds_to_reach(curve, row["acc"])
                 reach = f"not in {len(curve)}" if t is None else f"{t} ({_kb(t * rows[FEDAVG]['per_round'] * setup['clients'])})"
             bytes_client = (f"{_kb(row['per_round'])} per round" if label == FEDAVG else _kb(row["bytes_client"]))
-            lines.append(f"| {label} | {100 * row['acc']:.2f} ± {100 * row['std']:.2f} | {100 * row['gap']:.2f} | "
+            lines.append(f"| {label} | {row['seeds']} | {100 * row['acc']:.2f} ± {100 * row['std']:.2f} | {100 * row['gap']:.2f} | "
                          f"{bytes_client} | {_kb(row['bytes_total'])} | {reach} | {row['wall']:.1f} |")
         if curve:
             marks = [t for t in (1, 2, 5, 10, 20, 50, 100, 200) if t <= len(curve)]
             lines += ["", "FedAvg accuracy (seed mean) after " + ", ".join(f"{t}: {100 * curve[t - 1]:.2f}%" for t in marks) + " rounds."]
         errors = weight_errors(payload, cell)
         if errors:
-            lines += ["", "Refinement (sketch r=100): relative weight error to centralized KRR after rounds 1, 2, ..., "
-                      "seed by seed: " + "; ".join(f"seed {seed}: " + " → ".join(harness.sci(e) for e in errs)
-                                                  for seed, errs in errors.items()) + "."]
+            accuracies = {r["seed"]: [a["accuracy"] for a in r["refinement"]] for r in payload["runs"]
+                          if r["method"] == REFINED and r["partition"] == cell}
+            lines += ["", "Refinement (sketch r=100), seed by seed: relative weight error to centralized KRR after rounds "
+                      "1 (the one-shot head), 2, ...: " + "; ".join(f"seed {seed}: " + " → ".join(harness.sci(e) for e in errs)
+                                                                    for seed, errs in errors.items())
+                      + "; test accuracy (%) after rounds 2, 3, ...: " + "; ".join(
+                          f"seed {seed}: " + " → ".join(f"{100 * a:.2f}" for a in accs) for seed, accs in accuracies.items()) + "."]
         lines.append("")
     found = targets(payload)
     if found:
@@ -332,17 +389,24 @@ def readme(payload: dict) -> str:
     lines = [
         f"{setup['dataset']}, {setup['clients']} clients, FCNN features, λ = {setup['reg']:g}, "
         f"{len(setup['seeds'])} seed(s); centralized KRR {100 * payload['centralized']['accuracy']:.2f}%; "
-        f"accuracy (%) as seed mean ± std and bytes per client: `{payload['command']}` "
-        f"(in-process engine; {payload['machine']}).",
+        "accuracy (%) as seed mean ± std and bytes per client. "
+        + (f"Measured with `{payload['parts'][0]['command']}` and {len(payload['parts']) - 1} more runs of the script "
+           "for other seeds and methods, merged with `--merge` (every command in the result's .md)"
+           if "parts" in payload else f"Measured with `{payload['command']}`")
+        + f" on the app's in-process engine; {payload['machine']}.",
         "",
         "| method | " + " | ".join(_cell_name(c) for c in cells) + " | bytes per client |",
         "|---|" + "---|" * len(cells) + "---|",
     ]
+
+    def shown(row: dict) -> str:
+        return f"{100 * row['acc']:.2f} ± {100 * row['std']:.2f}" if row["seeds"] > 1 else f"{100 * row['acc']:.2f} (1 seed)"
+
     for label in labels:
-        shown = [f"{100 * table[c][label]['acc']:.2f} ± {100 * table[c][label]['std']:.2f}" if label in table[c] else "–" for c in cells]
+        shown_cells = [shown(table[c][label]) if label in table[c] else "–" for c in cells]
         first = next(table[c][label] for c in cells if label in table[c])
         size = f"{_kb(first['per_round'])} per round" if label == FEDAVG else _kb(first["bytes_client"])
-        lines.append(f"| {label} | " + " | ".join(shown) + f" | {size} |")
+        lines.append(f"| {label} | " + " | ".join(shown_cells) + f" | {size} |")
     found = targets(payload)
     if found:
         lines += [""] + [f"- {line}" for line in found]
