@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_tensors
-from safetensors.torch import save as save_tensors
 
 import distillmem as dm
+from distillmem.container import read_container, write_container
 from distillmem.sketch import GramSketch
 
 from .strategy import KRRStrategy
@@ -45,32 +41,17 @@ def save_memory(strategy: KRRStrategy, path: str | os.PathLike[str], *, overwrit
     else:
         tensors = {"x": memory.x, "y": memory.y, "labels": memory.labels}
         extra = {"set_reg": memory.reg}
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    meta = json.dumps(
-        {
-            "kind": strategy.memory_kind,
-            "feature_map_spec": strategy.feature_map.spec(),
-            "n_classes": strategy.n_classes,
-            "max_points": strategy.max_points,
-            "shrink": strategy.shrink,
-            "reg": strategy.reg_,
-            "memory_classes": list(strategy.memory_classes_),
-            **extra,
-        }
-    )
-    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "meta": meta, "sha256": _digest(tensors, meta)}
-    payload = save_tensors(tensors, metadata=header)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    meta = {
+        "kind": strategy.memory_kind,
+        "feature_map_spec": strategy.feature_map.spec(),
+        "n_classes": strategy.n_classes,
+        "max_points": strategy.max_points,
+        "shrink": strategy.shrink,
+        "reg": strategy.reg_,
+        "memory_classes": list(strategy.memory_classes_),
+        **extra,
+    }
+    return write_container(path, tensors, meta, kind=FORMAT, version=FORMAT_VERSION)
 
 
 def load_memory(strategy: KRRStrategy, path: str | os.PathLike[str]) -> KRRStrategy:
@@ -81,21 +62,9 @@ def load_memory(strategy: KRRStrategy, path: str | os.PathLike[str]) -> KRRStrat
     """
     if not isinstance(strategy, KRRStrategy):
         raise TypeError(f"strategy must be a KRRStrategy, got {type(strategy).__name__}")
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no memory file at {path}")
-    try:
-        tensors = load_tensors(path.read_bytes())
-        with open(path, "rb") as handle:
-            length = int.from_bytes(handle.read(8), "little")
-            header = json.loads(handle.read(length))["__metadata__"]
-    except (SafetensorError, RuntimeError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{path} is not a readable memory file: {err}") from None
-    if header.get("format") != FORMAT or header.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path} is not a {FORMAT} file of version {FORMAT_VERSION}")
-    if _digest(tensors, header.get("meta", "")) != header.get("sha256"):
-        raise ValueError(f"{path} is corrupt: its checksum does not match its contents")
-    meta = json.loads(header["meta"])
+    tensors, meta = read_container(path, kind=FORMAT, version=FORMAT_VERSION)
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} has malformed memory metadata: expected a JSON object")
     expected = {
         "kind": strategy.memory_kind,
         "feature_map_spec": strategy.feature_map.spec(),
@@ -105,8 +74,8 @@ def load_memory(strategy: KRRStrategy, path: str | os.PathLike[str]) -> KRRStrat
     if strategy.n_classes is not None:
         expected["n_classes"] = strategy.n_classes
     for key, value in expected.items():
-        if json.loads(json.dumps(value)) != meta[key]:
-            raise ValueError(f"{path} holds a memory with {key}={meta[key]!r}, the strategy has {value!r}")
+        if json.loads(json.dumps(value)) != meta.get(key):
+            raise ValueError(f"{path} holds a memory with {key}={meta.get(key)!r}, the strategy has {value!r}")
     if set(tensors) != set(_TENSORS[meta["kind"]]):
         raise ValueError(f"{path} holds tensors {sorted(tensors)}, expected {list(_TENSORS[meta['kind']])}")
     k = int(meta["n_classes"])
@@ -134,9 +103,3 @@ def load_memory(strategy: KRRStrategy, path: str | os.PathLike[str]) -> KRRStrat
     strategy.model.weights = weights
     return strategy
 
-
-def _digest(tensors: dict[str, torch.Tensor], meta: str) -> str:
-    sha = hashlib.sha256(meta.encode())
-    for name in sorted(tensors):
-        sha.update(tensors[name].numpy().tobytes())
-    return sha.hexdigest()

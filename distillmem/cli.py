@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from ._io import output_target
+from .files import output_target
 from ._validation import check_int, check_real, resolve_device
 from .data import DATASETS, dataset_files
 from .viz import CONTRASTS

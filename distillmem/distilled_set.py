@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_tensors
-from safetensors.torch import save as save_tensors
 
-from ._io import atomic_write_bytes
 from ._validation import check_int, check_real
+from .container import read_container, write_container
 from .data import unnormalize
 from .features import FeatureMap, from_spec
 from .provenance import Provenance
@@ -31,8 +25,6 @@ _DTYPES = {"x": torch.float64, "y": torch.float64, "labels": torch.int64}
 _META_FIELDS = ("feature_map_spec", "reg", "image_shape", "mean", "std", "provenance")
 #: Spec parameters that size the tensors drawn when a feature map is rebuilt.
 _SIZE_PARAMS = ("in_features", "out_features", "widths", "channels", "image_shape", "input_shape", "kernel_size", "stride", "padding")
-#: The safetensors format's own limit on the JSON header.
-_MAX_HEADER_BYTES = 100_000_000
 #: No size in a loaded feature-map spec may exceed this many times max(points, input width).
 MAX_WIDTH_RATIO = 16
 
@@ -161,12 +153,12 @@ class DistilledSet:
 
         A symlink is written through to its target; an existing file keeps its
         permissions, and a read-only one is refused (PermissionError). See
-        ``distillmem._io`` for how temporaries of killed saves are cleaned up.
+        ``distillmem.files`` for how temporaries of killed saves are cleaned up.
         """
         tensors = {
-            "x": self.x.detach().cpu().to(torch.float64).contiguous(),
-            "y": self.y.detach().cpu().to(torch.float64).contiguous(),
-            "labels": self.labels.detach().cpu().to(torch.int64).contiguous(),
+            "x": self.x.to(torch.float64),
+            "y": self.y.to(torch.float64),
+            "labels": self.labels.to(torch.int64),
         }
         meta = {
             "feature_map_spec": self.feature_map_spec,
@@ -176,27 +168,15 @@ class DistilledSet:
             "std": self.std,
             "provenance": self.provenance.to_dict(),
         }
-        meta_json = json.dumps(meta)
-        header = {"format": FORMAT, "format_version": FORMAT_VERSION, "meta": meta_json, "sha256": _digest(tensors, meta_json)}
-        return atomic_write_bytes(path, save_tensors(tensors, metadata=header))
+        return write_container(path, tensors, meta, kind=FORMAT, version=FORMAT_VERSION, order=_TENSORS)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "DistilledSet":
         """Read a file written by ``save``; a truncated, corrupt or foreign file raises ValueError."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no DistilledSet file at {path}")
-        header, data = _read_file(path)
-        try:
-            tensors = load_tensors(data)
-        except (SafetensorError, RuntimeError, ValueError) as exc:
-            raise ValueError(f"{path} is corrupt or truncated: {exc}") from None
-        if set(tensors) != set(_TENSORS):
-            raise ValueError(f"{path} holds tensors {sorted(tensors)}, expected {list(_TENSORS)}")
-        if _digest(tensors, header.get("meta", "")) != header.get("sha256"):
-            raise ValueError(f"{path} is corrupt: its checksum does not match its contents")
+        tensors, meta = read_container(path, kind=FORMAT, version=FORMAT_VERSION, order=_TENSORS)
         # The checksum only detects accidents: everything below is checked as if crafted.
-        meta = _read_meta(header["meta"], path)
+        meta = _check_meta(meta, path)
         try:
             for name in _TENSORS:
                 if tensors[name].dtype != _DTYPES[name]:
@@ -218,56 +198,8 @@ class DistilledSet:
             raise ValueError(f"{path} is not a valid DistilledSet: {exc}") from None
 
 
-def _digest(tensors: dict[str, torch.Tensor], meta_json: str) -> str:
-    """sha256 over the tensors' bytes and the metadata, so a flipped byte anywhere is caught."""
-    sha = hashlib.sha256(meta_json.encode())
-    for name in _TENSORS:
-        sha.update(tensors[name].numpy().tobytes())
-    return sha.hexdigest()
-
-
-def _read_file(path: Path) -> tuple[dict[str, str], bytes]:
-    """The ``__metadata__`` of a DistilledSet file and the file's bytes.
-
-    A safetensors file starts with an 8-byte little-endian header length, then
-    the JSON header. Both are checked before the rest is read, so a large
-    foreign or truncated file fails after reading its first bytes only.
-    """
-    with path.open("rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        prefix = handle.read(8)
-        if len(prefix) < 8:
-            raise ValueError(f"{path} is not a DistilledSet file: it is only {len(prefix)} bytes long")
-        (length,) = struct.unpack("<Q", prefix)
-        if length > size - 8:
-            raise ValueError(f"{path} is truncated or not a DistilledSet file: its header claims {length} bytes of {size}")
-        if length > _MAX_HEADER_BYTES:
-            raise ValueError(f"{path} is not a DistilledSet file: its header claims {length} bytes, safetensors allows {_MAX_HEADER_BYTES}")
-        header_bytes = handle.read(length)
-        try:
-            header = json.loads(header_bytes)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise ValueError(f"{path} is not a DistilledSet file: its header is not valid JSON") from None
-        metadata = header.get("__metadata__") if isinstance(header, dict) else None
-        if not isinstance(metadata, dict):
-            raise ValueError(f"{path} is not a DistilledSet file: it has no distillmem metadata")
-        if metadata.get("format") != FORMAT:
-            raise ValueError(f"{path} is a safetensors file but not a distillmem DistilledSet")
-        if metadata.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{path} has DistilledSet format version {metadata.get('format_version')!r}; this distillmem reads {FORMAT_VERSION}"
-            )
-        if not isinstance(metadata.get("meta"), str) or not isinstance(metadata.get("sha256"), str):
-            raise ValueError(f"{path} has malformed DistilledSet metadata: 'meta' and 'sha256' must be strings")
-        return metadata, prefix + header_bytes + handle.read()
-
-
-def _read_meta(meta_json: str, path: Path) -> dict[str, Any]:
+def _check_meta(meta: Any, path: Path) -> dict[str, Any]:
     """The ``meta`` record: a JSON object with exactly the fields ``save`` writes."""
-    try:
-        meta = json.loads(meta_json)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} has malformed DistilledSet metadata: {exc}") from None
     if not isinstance(meta, dict):
         raise ValueError(f"{path} has malformed DistilledSet metadata: expected a JSON object, found {type(meta).__name__}")
     missing, unknown = sorted(set(_META_FIELDS) - set(meta)), sorted(set(meta) - set(_META_FIELDS))

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ._io import atomic_write_bytes
+from .files import atomic_write_bytes
 
 #: Small images (8x8 digits) are enlarged to at least this many pixels a side.
 _MIN_SIDE = 32

@@ -78,7 +78,7 @@ from typing import Any, TypeVar
 import torch
 from tqdm import tqdm
 
-from distillmem._io import atomic_write_bytes, output_target
+from distillmem.files import atomic_write_bytes, output_target
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "experiments" / "results"

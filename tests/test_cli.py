@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-import distillmem.distilled_set as distilled_set_module
+from distillmem.container import digest
 from distillmem import DistilledSet
 from distillmem.cli import main
 from distillmem.data import load_dataset
@@ -236,7 +236,7 @@ def test_distill_refuses_a_read_only_output_before_working(tmp_path, capsys, no_
 
 
 def test_show_into_an_unwritable_folder_is_one_line(distilled_file, tmp_path, capsys, monkeypatch):
-    import distillmem._io as io_module
+    import distillmem.files as io_module
 
     real_access = os.access
     monkeypatch.setattr(io_module.os, "access", lambda p, m: Path(p) != tmp_path and real_access(p, m))
@@ -288,7 +288,7 @@ def test_a_crafted_set_is_one_line(distilled_file, tmp_path, capsys):
         metadata = handle.metadata()
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     tensors["x"][0, 0] = float("nan")
-    metadata["sha256"] = distilled_set_module._digest(tensors, metadata["meta"])
+    metadata["sha256"] = digest(tensors, metadata["meta"], ("x", "y", "labels"))
     crafted = tmp_path / "crafted.dm"
     save_file(tensors, str(crafted), metadata=metadata)
     for command in ("eval", "show"):

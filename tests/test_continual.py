@@ -388,7 +388,7 @@ def test_checkpoint_rejects_foreign_or_mismatched_files(bench, tmp_path):
         load_memory(KRRStrategy(feature_map=dm.features.Identity(), reg=1.0), corrupt)
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"not a file at all")
-    with pytest.raises(ValueError, match="not a readable memory file"):
+    with pytest.raises(ValueError, match="not a KRRMemory file"):
         load_memory(KRRStrategy(feature_map=dm.features.Identity(), reg=1.0), junk)
 
 

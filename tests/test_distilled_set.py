@@ -17,6 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import distillmem.distilled_set as distilled_set_module
+from distillmem.container import digest
 from distillmem import DistilledSet, distill
 from distillmem.features import Identity, RandomFCNN, RandomFourier
 
@@ -145,7 +146,7 @@ def test_failed_save_keeps_the_old_file_and_no_temporary(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr("distillmem._io.os.replace", broken_replace)
+    monkeypatch.setattr("distillmem.files.os.replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         make_set("rff").save(path)
     monkeypatch.undo()
@@ -269,7 +270,7 @@ def test_malformed_metadata_raises(tmp_path):
         metadata = handle.metadata()
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     metadata["meta"] = '{"reg": 0.0}'  # valid JSON, fields missing
-    metadata["sha256"] = distilled_set_module._digest(tensors, metadata["meta"])  # a consistent checksum
+    metadata["sha256"] = digest(tensors, metadata["meta"], ("x", "y", "labels"))  # a consistent checksum
     save_file(tensors, str(path), metadata=metadata)
     with pytest.raises(ValueError, match="malformed DistilledSet metadata"):
         DistilledSet.load(path)
@@ -286,7 +287,7 @@ def craft(path, change):
     meta = json.loads(metadata["meta"])
     change(tensors, meta)
     metadata["meta"] = json.dumps(meta)
-    metadata["sha256"] = distilled_set_module._digest(tensors, metadata["meta"])
+    metadata["sha256"] = digest(tensors, metadata["meta"], ("x", "y", "labels"))
     save_file(tensors, str(path), metadata=metadata)
     return path
 
@@ -356,7 +357,7 @@ def test_crafted_meta_that_is_not_an_object_raises(tmp_path, meta_json):
         metadata = handle.metadata()
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     metadata["meta"] = meta_json
-    metadata["sha256"] = distilled_set_module._digest(tensors, meta_json)
+    metadata["sha256"] = digest(tensors, meta_json, ("x", "y", "labels"))
     save_file(tensors, str(path), metadata=metadata)
     with pytest.raises(ValueError, match=f"{path} has malformed DistilledSet metadata"):
         DistilledSet.load(path)

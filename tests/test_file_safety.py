@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-import distillmem._io as io_module
-from distillmem._io import STALE_SECONDS, atomic_write_bytes
+import distillmem.files as io_module
+from distillmem.files import STALE_SECONDS, atomic_write_bytes
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
@@ -123,10 +123,10 @@ def test_a_folder_that_cannot_be_listed_still_takes_the_save(tmp_path, monkeypat
     assert (tmp_path / "set.dm").read_bytes() == b"new"
 
 
-# _io is loaded on its own: importing the package would import torch, slow to start.
+# files.py is loaded on its own: importing the package would import torch, slow to start.
 _SLOW_SAVE = """
 import importlib.util, os, sys
-spec = importlib.util.spec_from_file_location("_io", sys.argv[2])
+spec = importlib.util.spec_from_file_location("files", sys.argv[2])
 io = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(io)
 real_fsync = os.fsync

@@ -15,8 +15,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import distillmem
+from distillmem.container import digest
 from distillmem import DistilledSet, Provenance, distill
-from distillmem import distilled_set as distilled_set_module
 from distillmem.features import RandomFCNN
 from distillmem.provenance import METHODS, SCHEMA_VERSION
 
@@ -35,7 +35,7 @@ def craft_provenance(path, provenance):
     meta = json.loads(metadata["meta"])
     meta["provenance"] = provenance
     metadata["meta"] = json.dumps(meta)
-    metadata["sha256"] = distilled_set_module._digest(tensors, metadata["meta"])
+    metadata["sha256"] = digest(tensors, metadata["meta"], ("x", "y", "labels"))
     save_file(tensors, str(path), metadata=metadata)
     return path
 

@@ -1,7 +1,8 @@
 """Atomic file writes: a reader sees the old file or the new one, never half of one.
 
-Every file distillmem writes (``DistilledSet.save``, PNG grids) goes through
-``atomic_write_bytes``, with these rules:
+Every file distillmem and its integrations write (``DistilledSet.save``, PNG
+grids, memory checkpoints, results JSON) goes through ``atomic_write_bytes``,
+with these rules:
 
 - a symlink is written through: the file it points to is replaced, the link stays;
 - an existing file keeps its permission bits; one without write permission
