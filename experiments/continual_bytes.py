@@ -1,0 +1,413 @@
+"""Continual learning at equal memory bytes: KRR memories and neural replay against real exemplars on split benchmarks.
+
+Part ``krr`` (a fixed map phi, lambda = ``--reg``): KRRStrategy with the exact
+moments memory after every experience against KRR fitted jointly on all data
+seen (relative weight error, accuracy difference, bytes); then, for each budget
+of r points, the moments memory compressed to r points, the Gram sketch (exact
+cross moments and diagonal, r sketch rows), the paper's per-class sets
+(r / k points per class), and KRR fitted only on class-balanced real exemplars
+chosen at random (GDumb-style) or by herding in phi, at equal points and at the
+bytes of the largest of those memories. The strategies are driven through
+``KRRStrategy.absorb`` on each experience's tensors (what ``train`` does after
+reading the experience) and scored on the whole test set.
+
+Part ``neural`` (an MLP, the same model, epochs, SGD and batch sizes for all):
+Avalanche's Naive, Cumulative, replay of random class-balanced real exemplars
+(ClassBalancedBuffer), herding exemplars (ParametricBuffer with
+HerdingSelectionStrategy on the hidden layer), GDumb, and DistilledBuffer, at
+``--ipcs`` points per class; final average accuracy, average forgetting
+(Avalanche's StreamForgetting), points, bytes, wall time and the share of it
+spent distilling.
+
+Bytes: a real exemplar is d float32 inputs plus an int64 label; the moments
+memory r (p + k) float64; the sketch r p + k p + p float64; the per-class sets
+and the distilled buffer their own float64 points and soft labels.
+
+    python experiments/continual_bytes.py --dataset mnist --data path/to/mnist.npz --parts krr
+    python experiments/continual_bytes.py --dataset mnist --data path/to/mnist.npz --parts neural
+    python experiments/continual_bytes.py --report-only --dataset mnist --parts krr
+
+Writes experiments/results/continual_bytes_<dataset>_<part>[_<map>].{md,json} and, when measuring,
+continual_bytes_<dataset>.png (final accuracy against memory bytes, every method of every part measured).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import harness
+import torch
+from torch import nn
+
+import distillmem as dm
+from distillmem.baselines import herding_indices
+from continual import DistilledBuffer, KRRStrategy, split_benchmark
+from continual.data import read_experience
+
+ACC = "Top1_Acc_Stream/eval_phase/test_stream"
+FORGET = "StreamForgetting/eval_phase/test_stream"
+LABEL_BYTES = 8  # an int64 label per real exemplar
+
+
+def exemplar_bytes(d: int) -> int:
+    """Bytes of one real exemplar: d float32 inputs and an int64 label."""
+    return 4 * d + LABEL_BYTES
+
+
+def feature_map(name: str, d: int, width: int) -> dm.features.FeatureMap:
+    if name == "fcnn":
+        return dm.features.RandomFCNN(d, seed=0)
+    return dm.features.RandomFourier(d, out_features=width, seed=0)
+
+
+# -- KRR learner ---------------------------------------------------------------------------------
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.linalg.norm(a - b) / torch.linalg.norm(b))
+
+
+def head_accuracy(strategy: KRRStrategy, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return harness.accuracy(strategy.model(x).argmax(dim=1), y)
+
+
+def balanced_exemplars(x: torch.Tensor, y: torch.Tensor, ipc: int, how: str, fmap, seed: int) -> torch.Tensor:
+    """Indices of ``ipc`` real samples per class, uniformly at random or by herding in phi."""
+    gen = torch.Generator().manual_seed(seed)
+    picks = []
+    for c in torch.unique(y).tolist():
+        idx = torch.nonzero(y == c).flatten()
+        if how == "random":
+            picks.append(idx[torch.randperm(idx.numel(), generator=gen)[:ipc]])
+        else:
+            picks.append(idx[herding_indices(fmap(x[idx]), ipc)])
+    return torch.cat(picks)
+
+
+def krr_seed(args, seed: int) -> dict:
+    bench = split_benchmark(args.dataset, args.data, n_experiences=args.n_experiences, seed=seed)
+    data = [read_experience(e.dataset) for e in bench.train_stream]
+    test = [read_experience(e.dataset) for e in bench.test_stream]
+    d = math.prod(data[0].input_shape)
+    k = bench.n_classes
+    x_test = torch.cat([t.x for t in test]).reshape(-1, d).double()
+    y_test = torch.cat([t.y for t in test])
+    fmap = feature_map(args.map, d, args.width)
+
+    def strategy(**kw) -> KRRStrategy:
+        return KRRStrategy(feature_map=fmap, reg=args.reg, n_classes=k, **kw)
+
+    exact = strategy()
+    steps = []
+    for i, exp in enumerate(data):
+        start = time.perf_counter()
+        exact.absorb(exp)
+        seconds = time.perf_counter() - start
+        step = {"experience": i, "accuracy": head_accuracy(exact, x_test, y_test), "bytes": exact.memory_nbytes,
+                "points": exact.memory_points, "seconds": seconds}
+        if args.joint == "every" or i == len(data) - 1:
+            x = torch.cat([t.x for t in data[: i + 1]]).reshape(-1, d).double()
+            y = torch.cat([t.y for t in data[: i + 1]])
+            joint = dm.KRR(fmap, reg=args.reg, n_classes=k).fit(x, y)
+            step["weight_error"] = rel_err(exact.model.weights, joint.weights_)
+            step["joint_accuracy"] = joint.score(x_test, y_test)
+        steps.append(step)
+
+    x_all = torch.cat([t.x for t in data]).reshape(-1, d).double()
+    y_all = torch.cat([t.y for t in data])
+    rows = []
+    for r in args.points:
+        budgeted = {"moments": strategy(max_points=r), "sketch": strategy(memory="sketch", max_points=r)}
+        if r % k == 0 and "per-class" in args.krr_methods:
+            budgeted["per-class"] = strategy(memory="per-class", ipc=r // k)
+        budgeted = {m: s for m, s in budgeted.items() if m in args.krr_methods}
+        for method, s in budgeted.items():
+            start = time.perf_counter()
+            for exp in data:
+                s.absorb(exp)
+            rows.append({"method": method, "budget": r, "points": s.memory_points, "bytes": s.memory_nbytes,
+                         "accuracy": head_accuracy(s, x_test, y_test), "seconds": time.perf_counter() - start})
+        # Equal bytes: as many exemplars as the largest budgeted memory of r points takes.
+        most = max((row["bytes"] for row in rows if row["budget"] == r), default=r * exemplar_bytes(d))
+        for equal, n in (("points", r), ("bytes", most // exemplar_bytes(d))):
+            ipc = n // k
+            if ipc < 1:
+                continue
+            for how in ("random", "herding"):
+                if f"{how} exemplars" not in args.krr_methods:
+                    continue
+                start = time.perf_counter()
+                idx = balanced_exemplars(x_all, y_all, ipc, how, fmap, seed)
+                head = dm.KRR(fmap, reg=args.reg, n_classes=k).fit(x_all[idx], y_all[idx])
+                rows.append({"method": f"{how} exemplars", "budget": r, "equal": equal, "points": idx.numel(),
+                             "bytes": idx.numel() * exemplar_bytes(d), "accuracy": head.score(x_test, y_test),
+                             "seconds": time.perf_counter() - start})
+    return {"seed": seed, "class_order": list(bench.classes_order), "p": fmap.out_features(d), "exact": steps,
+            "rows": rows}
+
+
+# -- neural learner ------------------------------------------------------------------------------
+
+
+class MLP(nn.Module):
+    def __init__(self, d: int, k: int, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, k))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.flatten(1))
+
+
+def neural_run(bench, d: int, method: str, mem: int, args, seed: int) -> dict:
+    from avalanche.evaluation.metrics import accuracy_metrics, forgetting_metrics
+    from avalanche.training import GDumb, Naive, Cumulative
+    from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
+    from avalanche.training.storage_policy import ClassBalancedBuffer, HerdingSelectionStrategy, ParametricBuffer
+
+    torch.manual_seed(seed)
+    model = MLP(d, bench.n_classes, args.hidden)
+    policy = None
+    if method == "random exemplars":
+        policy = ClassBalancedBuffer(mem, adaptive_size=True)
+    elif method == "herding exemplars":
+        policy = ParametricBuffer(mem, groupby="class", selection_strategy=HerdingSelectionStrategy(model, "net.1"))
+    elif method == "distilled":
+        policy = DistilledBuffer(max_size=mem, seed=seed)
+    distill_seconds = 0.0
+    if isinstance(policy, DistilledBuffer):
+        post_adapt = policy.post_adapt
+
+        def timed(agent, exp):
+            nonlocal distill_seconds
+            start = time.perf_counter()
+            post_adapt(agent, exp)
+            distill_seconds += time.perf_counter() - start
+
+        policy.post_adapt = timed
+    common = dict(
+        model=model, optimizer=torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9),
+        criterion=nn.CrossEntropyLoss(), train_mb_size=args.batch, train_epochs=args.epochs, eval_mb_size=1024,
+        evaluator=EvaluationPlugin(accuracy_metrics(stream=True), forgetting_metrics(stream=True), loggers=[]),
+    )
+    if method == "cumulative":
+        learner = Cumulative(**common)
+    elif method == "gdumb":
+        learner = GDumb(mem_size=mem, **common)
+    else:
+        plugins = [] if policy is None else [ReplayPlugin(mem_size=mem, storage_policy=policy)]
+        learner = Naive(plugins=plugins, **common)
+    train_seconds, results = 0.0, {}
+    for exp in bench.train_stream:
+        start = time.perf_counter()
+        learner.train(exp)
+        train_seconds += time.perf_counter() - start
+        results = learner.eval(bench.test_stream)
+    pick = lambda prefix: float(next(v for key, v in results.items() if key.startswith(prefix)))  # noqa: E731
+    row = {"method": method, "mem": mem, "seed": seed, "accuracy": pick(ACC), "forgetting": pick(FORGET),
+           "train_seconds": train_seconds, "points": 0, "bytes": 0}
+    if policy is not None or method == "gdumb":
+        buffer = policy if policy is not None else next(p for p in learner.plugins if hasattr(p, "storage_policy")).storage_policy
+        row["points"] = len(buffer.buffer)
+        row["bytes"] = buffer.nbytes if isinstance(buffer, DistilledBuffer) else row["points"] * exemplar_bytes(d)
+    if isinstance(policy, DistilledBuffer):
+        row["distill_seconds"] = distill_seconds
+    return row
+
+
+def neural_seed(args, seed: int) -> dict:
+    bench = split_benchmark(args.dataset, args.data, n_experiences=args.n_experiences, seed=seed)
+    d = math.prod(bench.train_stream[0].dataset[0][0].shape)
+    rows = [neural_run(bench, d, m, 0, args, seed) for m in ("naive", "cumulative") if m in args.neural_methods]
+    for ipc in args.ipcs:
+        mem = ipc * bench.n_classes
+        for method in ("random exemplars", "herding exemplars", "gdumb", "distilled"):
+            if method in args.neural_methods:
+                rows.append(neural_run(bench, d, method, mem, args, seed))
+    return {"seed": seed, "class_order": list(bench.classes_order), "rows": rows}
+
+
+# -- rendering -----------------------------------------------------------------------------------
+
+
+def mean_std(values: list[float], scale: float = 100.0) -> str:
+    t = torch.tensor(values, dtype=torch.float64) * scale
+    return f"{float(t.mean()):.2f} ± {float(t.std()):.2f}" if len(values) > 1 else f"{float(t.mean()):.2f}"
+
+
+def grouped(payload: dict) -> dict[tuple, list[dict]]:
+    """Rows of every seed keyed by (method, budget, equal) in the order first measured."""
+    groups: dict[tuple, list[dict]] = {}
+    for run in payload["seeds"]:
+        for r in run["rows"]:
+            key = (r["method"], r.get("budget", r.get("mem")), r.get("equal", ""))
+            groups.setdefault(key, []).append(r)
+    return groups
+
+
+def krr_tables(payload: dict) -> list[str]:
+    runs = payload["seeds"]
+    exact_final = [run["exact"][-1] for run in runs]
+    errors = [s["weight_error"] for run in runs for s in run["exact"] if "weight_error" in s]
+    gaps = [abs(s["accuracy"] - s["joint_accuracy"]) for run in runs for s in run["exact"] if "joint_accuracy" in s]
+    sizes = {s["bytes"] for run in runs for s in run["exact"]}
+    lines = [
+        "| method | budget (points) | points held | bytes | final accuracy (%) |", "|---|---|---|---|---|",
+        f"| joint KRR (upper bound) | – | all data | – | {mean_std([s['joint_accuracy'] for s in exact_final])} |",
+        f"| moments, exact | none | {runs[0]['exact'][-1]['points']} | {max(sizes):,} | "
+        f"{mean_std([s['accuracy'] for s in exact_final])} |",
+    ]
+    for (method, budget, equal), rs in grouped(payload).items():
+        label = method + (f", equal {equal}" if equal else "")
+        lines.append(f"| {label} | {budget} | {rs[0]['points']} | {rs[0]['bytes']:,} | "
+                     f"{mean_std([r['accuracy'] for r in rs])} |")
+    summary = (f"Exact memory against joint KRR, over {len(errors)} checks (experiences × seeds): relative weight error at "
+               f"most {harness.sci(max(errors))}, accuracy difference at most {100 * max(gaps):.2f} points, "
+               f"memory {', '.join(f'{b:,}' for b in sorted(sizes))} bytes after every experience.")
+    return [summary, "", *lines]
+
+
+def neural_tables(payload: dict) -> list[str]:
+    lines = ["| method | points per class | points held | bytes | final accuracy (%) | average forgetting (%) | "
+             "wall time (s) | distilling share |", "|---|---|---|---|---|---|---|---|"]
+    for (method, mem, _), rs in grouped(payload).items():
+        share = ""
+        if "distill_seconds" in rs[0]:
+            share = f"{100 * sum(r['distill_seconds'] for r in rs) / sum(r['train_seconds'] for r in rs):.1f}%"
+        ipc = mem // payload["n_classes"] if mem else "–"
+        lines.append(f"| {method} | {ipc} | {rs[0]['points']} | {rs[0]['bytes']:,} | "
+                     f"{mean_std([r['accuracy'] for r in rs])} | {mean_std([r['forgetting'] for r in rs])} | "
+                     f"{sum(r['train_seconds'] for r in rs) / len(rs):.0f} | {share} |")
+    return lines
+
+
+def setting(payload: dict) -> str:
+    a = payload["args"]
+    seeds = ", ".join(str(run["seed"]) for run in payload["seeds"])
+    if payload["part"] == "krr":
+        what = f"{payload['map_name']} (p = {payload['seeds'][0]['p']}), λ = {a['reg']:g}"
+    else:
+        what = (f"MLP {payload['d']}-{a['hidden']}-{payload['n_classes']}, {a['epochs']} epoch(s) per experience, "
+                f"SGD lr {a['lr']} momentum 0.9, batch {a['batch']} (+ {a['batch']} replayed)")
+    return (f"Split {payload['dataset']}, {a['n_experiences']} experiences, class orders of seeds {seeds}; {what}. "
+            f"Mean ± std over seeds.")
+
+
+def markdown(payload: dict) -> str:
+    body = krr_tables(payload) if payload["part"] == "krr" else neural_tables(payload)
+    return "\n".join([f"# {payload['title']}", "", f"Command: `{payload['command']}`", "",
+                      f"Machine: {payload['machine']}; {payload['seconds']:.0f} s in all (a shared machine: wall "
+                      f"times are inflated).", "", setting(payload), "", *body]) + "\n"
+
+
+def readme(payload: dict) -> str:
+    body = krr_tables(payload) if payload["part"] == "krr" else neural_tables(payload)
+    return "\n".join([setting(payload), "", *body, "", f"(`{payload['command']}`)"]) + "\n"
+
+
+# -- plot ----------------------------------------------------------------------------------------
+
+
+def plot(folder: Path, dataset: str) -> Path | None:
+    """Final accuracy against memory bytes (log x) for every method of every continual_bytes_<dataset>_* result."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    drawn = False
+    for path in sorted(folder.glob(f"continual_bytes_{dataset}_*.json")):
+        payload = json.loads(path.read_text())
+        tag = "KRR " + payload["map_name"] if payload["part"] == "krr" else "MLP"
+        curves: dict[str, list[tuple[float, float]]] = {}
+        for (method, _, equal), rs in grouped(payload).items():
+            if rs[0]["bytes"]:
+                acc = sum(r["accuracy"] for r in rs) / len(rs)
+                curves.setdefault(method + (" (eq. bytes)" if equal == "bytes" else ""), []).append((rs[0]["bytes"], acc))
+        if payload["part"] == "krr":
+            final = [run["exact"][-1] for run in payload["seeds"]]
+            curves["moments, exact"] = [(final[0]["bytes"], sum(s["accuracy"] for s in final) / len(final))]
+        for method, pts in curves.items():
+            if method.endswith("(eq. bytes)") is False and "exemplars" in method and payload["part"] == "krr":
+                continue  # equal-points exemplar rows are in the table; the plot shows them at equal bytes
+            pts.sort()
+            ax.plot([b for b, _ in pts], [100 * a for _, a in pts], marker="o" if payload["part"] == "krr" else "s",
+                    linestyle="-" if payload["part"] == "krr" else "--", label=f"{tag}: {method}")
+            drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xscale("log")
+    ax.set_xlabel("memory (bytes)")
+    ax.set_ylabel("final average accuracy (%)")
+    ax.set_title(f"Split {dataset}: accuracy against memory")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    out = folder / f"continual_bytes_{dataset}.png"
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
+
+
+# -- entry point ---------------------------------------------------------------------------------
+
+
+def measure(args) -> dict:
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message="No loggers specified")
+    start = time.perf_counter()
+    part = args.parts
+    runs = [(krr_seed if part == "krr" else neural_seed)(args, seed) for seed in args.seeds]
+    bench = split_benchmark(args.dataset, args.data, n_experiences=args.n_experiences, seed=args.seeds[0])
+    d = math.prod(bench.train_stream[0].dataset[0][0].shape)
+    map_name = "FCNN" if args.map == "fcnn" else f"random Fourier features ({args.width})"
+    title = (f"Split {args.dataset}: KRRStrategy memories against real exemplars, {map_name}" if part == "krr"
+             else f"Split {args.dataset}: MLP replay baselines against the distilled buffer")
+    return {"title": title, "dataset": args.dataset, "part": part, "map_name": map_name, "d": d,
+            "n_classes": bench.n_classes, "args": {k: v for k, v in vars(args).items() if k not in ("data", "out", "report_only")},
+            "seeds": runs, "seconds": time.perf_counter() - start}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = harness.parser(__doc__.split("\n\n")[0], data="the dataset: a .npz file or an IDX folder", seeds=(0,))
+    parser.add_argument("--dataset", default="mnist")
+    parser.add_argument("--parts", choices=["krr", "neural"], default="krr")
+    parser.add_argument("--n-experiences", type=int, default=5)
+    parser.add_argument("--map", choices=["fcnn", "rff"], default="fcnn", help="phi of the KRR part")
+    parser.add_argument("--width", type=int, default=4096, help="random Fourier features of --map rff")
+    parser.add_argument("--reg", type=float, default=1.0)
+    parser.add_argument("--joint", choices=["every", "last"], default="every", help="joint KRR after which experiences")
+    parser.add_argument("--points", type=int, nargs="+", default=[10, 100, 500], help="KRR memory budgets")
+    parser.add_argument("--krr-methods", nargs="+", default=["moments", "sketch", "per-class", "random exemplars",
+                                                             "herding exemplars"])
+    parser.add_argument("--ipcs", type=int, nargs="+", default=[1, 10, 50], help="neural memory, points per class")
+    parser.add_argument("--neural-methods", nargs="+", default=["naive", "cumulative", "random exemplars",
+                                                                "herding exemplars", "gdumb", "distilled"])
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--hidden", type=int, default=256)
+    args = parser.parse_args(argv)
+    if not args.report_only and args.dataset != "digits":
+        harness.require_data(parser, args, args.dataset)
+    suffix = f"_{args.map}" if args.parts == "krr" else ""
+    report = harness.Report(__file__, f"continual_bytes_{args.dataset}_{args.parts}{suffix}", args.out, argv)
+    code = report.run(args.report_only, lambda: measure(args), markdown, readme)
+    if not args.report_only:
+        plot(args.out, args.dataset)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
