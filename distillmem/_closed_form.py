@@ -149,6 +149,27 @@ def class_interleaved_labels(n_classes: int, ipc: int) -> torch.Tensor:
     return torch.arange(n_classes * ipc) % n_classes
 
 
+def distilled_classes(weights: torch.Tensor) -> torch.Tensor:
+    """The classes (CPU int64) that get points: those whose row of W (k, p) is not exactly zero.
+
+    A class absent from the teacher's data has a zero row, which a set without
+    points of that class reproduces exactly. Giving it points would be worse
+    than useless: the rows of D for that class would be the projected noise
+    alone, rank-deficient by construction, and the set's model would be
+    ill-conditioned at lambda_S = 0.
+    """
+    active = (weights != 0).any(dim=1).nonzero().flatten().cpu()
+    if active.numel() == 0:
+        raise ValueError("the teacher's weights are all zero: there is no model to distil")
+    return active
+
+
+def interleaved_labels_of(weights: torch.Tensor, ipc: int) -> torch.Tensor:
+    """Labels (m,) = ipc points of each class with a nonzero row of W, interleaved like ``class_interleaved_labels``."""
+    active = distilled_classes(weights)
+    return active[class_interleaved_labels(active.numel(), ipc)]
+
+
 def one_hot(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
     return torch.nn.functional.one_hot(labels, n_classes).to(torch.float64)
 
@@ -199,12 +220,12 @@ def reference_points(
     classes = targets.argmax(dim=1)
     check_labels(classes, k)
     picks = []
-    for c in range(k):
+    for c in distilled_classes(teacher.weights_).tolist():
         members = (classes == c).nonzero().flatten()
         if members.numel() < ipc:
             raise ValueError(f'init="real" needs {ipc} points of class {c}, the data has {members.numel()}')
         picks.append(members[torch.randperm(members.numel(), generator=gen)[:ipc]])
-    order = torch.stack(picks, dim=1).flatten()  # row-major over (ipc, k): class j mod k
+    order = torch.stack(picks, dim=1).flatten()  # row-major over (ipc, classes): interleaved like the labels
     index = order.numpy() if isinstance(xs, np.ndarray) else order
     return to_tensor(xs[index], device).to(torch.float64)
 
@@ -237,7 +258,10 @@ def target_features(
     noise_std: float | None = None,
     project: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> TargetFeatures:
-    """Features Phi_S (m, p), m = k * ipc, that give back ``weights`` W (k, p), and their targets.
+    """Features Phi_S (m, p) that give back ``weights`` W (k, p), and their targets.
+
+    m = ipc times the number of classes with a nonzero row of W (all k when
+    the teacher saw every class; see ``distilled_classes``).
 
     Z is phi_reg_s(``reference``)^+ (init "real", with soft labels T_S =
     pinv(Z)^T W^T when ``soft_labels`` and they have rank k) or Gaussian noise
@@ -248,14 +272,14 @@ def target_features(
     """
     k = weights.shape[0]
     device = weights.device
-    labels = class_interleaved_labels(k, ipc)
+    labels = interleaved_labels_of(weights, ipc)
     targets = one_hot(labels, k).to(device)
     soft_used = False
     if init == "real":
         free = regularized_pinv(fmap(reference).to(torch.float64), 0.0 if reg_s == "bound" else float(reg_s))
         if soft_labels:
             soft = pinv(free).T @ weights.T
-            if int(torch.linalg.matrix_rank(soft)) == k:
+            if int(torch.linalg.matrix_rank(soft)) == int(labels.unique().numel()):
                 targets, soft_used = soft, True
     y_pinv = pinv(targets.T)
     particular = y_pinv @ weights

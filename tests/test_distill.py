@@ -491,3 +491,17 @@ def test_an_inexact_distill_warns_at_the_callers_line(monkeypatch, problem):
     with pytest.warns(UserWarning, match="relative weight error") as caught:
         distill(x, y, ipc=1, reg=1e-3)
     assert caught[0].filename == __file__
+
+
+@pytest.mark.parametrize("init", ["noise", "real"])
+def test_classes_the_teacher_never_saw_get_no_points_and_the_set_stays_exact(problem, init):
+    # With n_classes above the classes present, W has zero rows; points for them would
+    # only carry projected noise and leave the set's model ill-conditioned (error ~1e11).
+    x, y = problem
+    keep = y < 3
+    teacher = KRR(RandomFCNN(in_features=40, seed=0), reg=1.0, n_classes=6).fit(x[keep], y[keep])
+    syn = distill(x[keep], y[keep], ipc=3, teacher=teacher, init=init)
+    assert len(syn) == 3 * 3
+    assert sorted(syn.labels.unique().tolist()) == [0, 1, 2]
+    assert syn.y.shape[1] == 6
+    assert syn.recovery_error < 1e-9
