@@ -14,6 +14,7 @@ from .memory import MomentMemory
 from .nonsurjective import distill_approximate, distill_deep_linear
 from .privacy import distill_private
 from .provenance import Provenance, installed_version
+from .sketch import GramSketch
 
 __version__ = installed_version()
 
@@ -22,6 +23,7 @@ __all__ = [
     "DistilledSet",
     "KRRDistiller",
     "MomentMemory",
+    "GramSketch",
     "Provenance",
     "data",
     "distill",

@@ -10,6 +10,7 @@ writes the results JSON atomically.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -58,7 +59,12 @@ def server_app(config: Config | None = None, sink: Callable[[dict[str, Any]], No
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        cfg = config if config is not None else Config.from_mapping(context.run_config)
+        if config is None:
+            cfg = Config.from_mapping(context.run_config)
+            # One file per run, so a second `flwr run` never overwrites the first one's results.
+            cfg = dataclasses.replace(cfg, results_path=cfg.results_path.replace("{run_id}", str(context.run_id)))
+        else:
+            cfg = config
         result = run_server(grid, cfg)
         if sink is not None:
             sink(result)

@@ -14,7 +14,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 
 import distillmem as dm
 from distillmem.data import load_dataset, train_val_split
+from distillmem.files import atomic_write_bytes
 from distillmem.features import FeatureMap, Identity, RandomFCNN, RandomFourier
 from distillmem.sketch import GramSketch
 
@@ -418,20 +418,10 @@ def accuracy(fmap: FeatureMap, weights: np.ndarray, x: np.ndarray, y: np.ndarray
 
 
 def write_json_atomic(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
-    """Write JSON through a temporary file in the same folder and an atomic rename."""
+    """Write ``payload`` as JSON to ``path`` (its folder created if needed) with the engine's atomic writer."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return atomic_write_bytes(target, json.dumps(payload, indent=2, sort_keys=True).encode())
 
 
 def training_partitions(cfg: Config, data: Arrays) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:

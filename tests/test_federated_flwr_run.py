@@ -25,7 +25,7 @@ def _pids(pattern: str) -> list[int]:
 
 def test_flwr_run_offline_writes_the_results_and_its_superlink_is_stopped(tmp_path):
     home = tmp_path / "flwr-home"
-    results = tmp_path / "results.json"
+    results = tmp_path / "out" / "results-{run_id}.json"  # a folder that does not exist yet; one file per run
     bin_dir = Path(sys.executable).parent
     env = dict(
         os.environ,
@@ -44,7 +44,9 @@ def test_flwr_run_offline_writes_the_results_and_its_superlink_is_stopped(tmp_pa
     try:
         run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, check=False)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-        saved = json.loads(results.read_text())
+        written = list((tmp_path / "out").glob("results-*.json"))
+        assert len(written) == 1 and written[0].stem.removeprefix("results-").isdigit(), written
+        saved = json.loads(written[0].read_text())
         assert saved["config"]["mode"] == "sketch" and saved["config"]["num-clients"] == 3
         assert len(saved["clients"]["accepted"]) == 3 and saved["accuracy"] > 0.8
         assert len(saved["upload_bytes"]) == 3 and saved["total_upload_bytes"] == sum(saved["upload_bytes"])
