@@ -231,6 +231,10 @@ def neural_seed(args, seed: int) -> dict:
         for method in ("random exemplars", "herding exemplars", "gdumb", "distilled"):
             if method in args.neural_methods:
                 rows.append(neural_run(bench, d, method, mem, args, seed))
+    n_train = sum(len(e.dataset) for e in bench.train_stream)
+    for row in rows:
+        if row["method"] == "cumulative":  # it keeps every sample seen
+            row["points"], row["bytes"] = n_train, n_train * exemplar_bytes(d)
     return {"seed": seed, "class_order": list(bench.classes_order), "rows": rows}
 
 
@@ -284,7 +288,7 @@ def neural_tables(payload: dict) -> list[str]:
         ipc = mem // payload["n_classes"] if mem else "–"
         lines.append(f"| {method} | {ipc} | {rs[0]['points']} | {rs[0]['bytes']:,} | "
                      f"{mean_std([r['accuracy'] for r in rs])} | {mean_std([r['forgetting'] for r in rs])} | "
-                     f"{sum(r['train_seconds'] for r in rs) / len(rs):.0f} | {share} |")
+                     f"{sum(r['train_seconds'] for r in rs) / len(rs):.1f} | {share} |")
     return lines
 
 
@@ -307,9 +311,72 @@ def markdown(payload: dict) -> str:
                       f"times are inflated).", "", setting(payload), "", *body]) + "\n"
 
 
+KRR_TARGETS = {10: 0.84, 100: 0.92, 500: 0.936}  # issue 7: final accuracy of a 10 / 100 / 500-point memory
+
+
+def mean(rs: list[dict], key: str = "accuracy") -> float:
+    return sum(r[key] for r in rs) / len(rs)
+
+
+def cell(rs: list[dict], key: str = "accuracy") -> str:
+    return f"{mean_std([r[key] for r in rs])} ({rs[0]['bytes']:,} B)"
+
+
+def krr_readme(payload: dict) -> list[str]:
+    groups = grouped(payload)
+    budgets = sorted({budget for (_, budget, _) in groups})
+    methods = list(dict.fromkeys((m, e) for (m, _, e) in groups if e != "points"))
+    lines = [krr_tables(payload)[0], ""]
+    if not budgets:
+        return lines
+    lines += ["| memory | " + " | ".join(f"{b} points" for b in budgets) + " |", "|---" * (len(budgets) + 1) + "|"]
+    for method, equal in methods:
+        label = method + (", as many as the bytes of the largest memory" if equal else "")
+        cells = [cell(groups[(method, b, equal)]) if (method, b, equal) in groups else "–" for b in budgets]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    verdicts = []
+    for b in budgets:
+        if b not in KRR_TARGETS:
+            continue
+        best = max(((m, mean(groups[(m, b, "")])) for m in ("moments", "sketch", "per-class") if (m, b, "") in groups),
+                   key=lambda t: t[1], default=None)
+        if best is None:
+            continue
+        rivals = [mean(groups[(f"{how} exemplars", b, "bytes")]) for how in ("random", "herding")
+                  if (f"{how} exemplars", b, "bytes") in groups]
+        ahead = all(best[1] > a for a in rivals)
+        verdicts.append(f"{b} points: {best[0]} {100 * best[1]:.2f}% against the target {100 * KRR_TARGETS[b]:g}% "
+                        f"({'met' if best[1] >= KRR_TARGETS[b] else 'not met'}), "
+                        f"{'ahead of' if ahead else 'not ahead of'} random and herding exemplars at equal bytes")
+    if verdicts:
+        lines += ["", "Best budgeted memory: " + "; ".join(verdicts) + "."]
+    return lines
+
+
+def neural_readme(payload: dict) -> list[str]:
+    groups = grouped(payload)
+    ipcs = sorted({mem // payload["n_classes"] for (_, mem, _) in groups if mem})
+    lines = ["Final average accuracy % (memory bytes); average forgetting in the full table.", "",
+             "| method | " + " | ".join(f"{i} per class" for i in ipcs) + " |", "|---" * (len(ipcs) + 1) + "|"]
+    for method in dict.fromkeys(m for (m, _, _) in groups):
+        if (method, 0, "") in groups:
+            rs = groups[(method, 0, "")]
+            kept = f" ({rs[0]['bytes']:,} B)" if rs[0]["bytes"] else ""
+            lines.append(f"| {method}, any budget{kept} | " + " | ".join([mean_std([r["accuracy"] for r in rs])] * len(ipcs)) + " |")
+            continue
+        keys = [(method, i * payload["n_classes"], "") for i in ipcs]
+        lines.append(f"| {method} | " + " | ".join(cell(groups[k]) if k in groups else "–" for k in keys) + " |")
+    shares = [100 * r["distill_seconds"] / r["train_seconds"] for rs in groups.values() for r in rs if "distill_seconds" in r]
+    if shares:
+        lines += ["", f"Distilling took {min(shares):.1f} to {max(shares):.1f}% of the wall time of a distilled-buffer run "
+                      f"(target: at most 10%)."]
+    return lines
+
+
 def readme(payload: dict) -> str:
-    body = krr_tables(payload) if payload["part"] == "krr" else neural_tables(payload)
-    return "\n".join([setting(payload), "", *body, "", f"(`{payload['command']}`)"]) + "\n"
+    body = krr_readme(payload) if payload["part"] == "krr" else neural_readme(payload)
+    return "\n".join([setting(payload), "", *body, "", f"(`{payload['command']}`; full table in "
+                      f"`experiments/results/{payload_name(payload)}.md`)"]) + "\n"
 
 
 # -- plot ----------------------------------------------------------------------------------------
@@ -363,6 +430,15 @@ def plot(folder: Path, dataset: str) -> Path | None:
 # -- entry point ---------------------------------------------------------------------------------
 
 
+def result_name(args) -> str:
+    return f"continual_bytes_{args.dataset}_{args.parts}" + (f"_{args.map}" if args.parts == "krr" else "")
+
+
+def payload_name(payload: dict) -> str:
+    a = payload["args"]
+    return f"continual_bytes_{a['dataset']}_{a['parts']}" + (f"_{a['map']}" if a["parts"] == "krr" else "")
+
+
 def measure(args) -> dict:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message="No loggers specified")
@@ -388,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=4096, help="random Fourier features of --map rff")
     parser.add_argument("--reg", type=float, default=1.0)
     parser.add_argument("--joint", choices=["every", "last"], default="every", help="joint KRR after which experiences")
-    parser.add_argument("--points", type=int, nargs="+", default=[10, 100, 500], help="KRR memory budgets")
+    parser.add_argument("--points", type=int, nargs="*", default=[10, 100, 500], help="KRR memory budgets")
     parser.add_argument("--krr-methods", nargs="+", default=["moments", "sketch", "per-class", "random exemplars",
                                                              "herding exemplars"])
     parser.add_argument("--ipcs", type=int, nargs="+", default=[1, 10, 50], help="neural memory, points per class")
@@ -401,8 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.report_only and args.dataset != "digits":
         harness.require_data(parser, args, args.dataset)
-    suffix = f"_{args.map}" if args.parts == "krr" else ""
-    report = harness.Report(__file__, f"continual_bytes_{args.dataset}_{args.parts}{suffix}", args.out, argv)
+    report = harness.Report(__file__, result_name(args), args.out, argv)
     code = report.run(args.report_only, lambda: measure(args), markdown, readme)
     if not args.report_only:
         plot(args.out, args.dataset)

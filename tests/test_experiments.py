@@ -264,3 +264,19 @@ def test_accuracy_and_formats():
     assert harness.sci(3.8123e-9) == "3.8e-9" and harness.sci(2.0e10) == "2.0e10"
     assert harness.span([1.04, 1.36], ".1f") == "1.0–1.4" and harness.span([2.01, 1.98], ".1f") == "2.0"
     assert harness.same_share(1.0) == "100%" and harness.same_share(0.9995) == "at least 99.95%"
+
+
+def test_continual_bytes_on_digits_is_exact_and_counts_bytes(tmp_path, capsys):
+    argv = ["--dataset", "digits", "--parts", "krr", "--points", "20", "--krr-methods", "moments", "random exemplars",
+            "--out", str(tmp_path)]
+    assert _module("continual_bytes").main(argv) == 0
+    payload = json.loads((tmp_path / "continual_bytes_digits_krr_fcnn.json").read_text())
+    (run,) = payload["seeds"]
+    assert all(s["weight_error"] < 1e-9 and s["accuracy"] == s["joint_accuracy"] for s in run["exact"])
+    assert {s["bytes"] for s in run["exact"]} == {64 * (64 + 10) * 8}  # (p, p + k) float64 throughout
+    rows = {(r["method"], r.get("equal", "")): r for r in run["rows"]}
+    assert rows[("moments", "")]["bytes"] == 20 * (64 + 10) * 8 and rows[("moments", "")]["points"] == 20
+    by_bytes = rows[("random exemplars", "bytes")]  # as many float32 images + int64 labels as fit, class-balanced
+    assert by_bytes["points"] == (20 * 74 * 8 // (4 * 64 + 8)) // 10 * 10
+    assert by_bytes["bytes"] == by_bytes["points"] * (4 * 64 + 8)
+    assert (tmp_path / "continual_bytes_digits.png").is_file()
