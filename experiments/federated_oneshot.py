@@ -395,7 +395,7 @@ def readme(payload: dict) -> str:
            if "parts" in payload else f"Measured with `{payload['command']}`")
         + f" on the app's in-process engine; {payload['machine']}.",
         "",
-        "| method | " + " | ".join(_cell_name(c) for c in cells) + " | bytes per client |",
+        "| method | " + " | ".join(_cell_name(c) for c in cells) + " | bytes per client (mean over the columns) |",
         "|---|" + "---|" * len(cells) + "---|",
     ]
 
@@ -404,8 +404,9 @@ def readme(payload: dict) -> str:
 
     for label in labels:
         shown_cells = [shown(table[c][label]) if label in table[c] else "–" for c in cells]
-        first = next(table[c][label] for c in cells if label in table[c])
-        size = f"{_kb(first['per_round'])} per round" if label == FEDAVG else _kb(first["bytes_client"])
+        held = [table[c][label] for c in cells if label in table[c]]
+        size = (f"{_kb(held[0]['per_round'])} per round" if label == FEDAVG
+                else _kb(mean(row["bytes_client"] for row in held)))
         lines.append(f"| {label} | " + " | ".join(shown_cells) + f" | {size} |")
     found = targets(payload)
     if found:
