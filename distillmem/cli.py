@@ -40,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _check_outputs(outputs: list[Path], inputs: list[Path]) -> None:
-    """Refuse outputs that cannot be written, that are an input, or that are the same file as each other.
+def _check_outputs(outputs: list[Path], inputs: list[Path], overwrite: bool) -> None:
+    """Refuse outputs that cannot be written, that exist (unless ``overwrite``), that are an input, or
+    that are the same file as each other.
 
     Paths are compared after following symlinks, and existing files by inode, so
     a link or a hard link to an input is refused too.
@@ -56,6 +57,9 @@ def _check_outputs(outputs: list[Path], inputs: list[Path]) -> None:
             if _same_file(target, other_target):
                 raise ValueError(f"outputs {other} and {out} are the same file; give them different paths")
         targets.append((out, target))
+    for out, target in targets:
+        if target.exists() and not overwrite:
+            raise ValueError(f"{out} exists; pass --overwrite to replace it, or choose another path")
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -72,7 +76,7 @@ def _distill(args: argparse.Namespace) -> int:
     from .viz import save_image_grid
 
     outputs = [args.out] if args.png is None else [args.out, args.png]
-    _check_outputs(outputs, dataset_files(args.dataset, args.data))
+    _check_outputs(outputs, dataset_files(args.dataset, args.data), args.overwrite)
     resolve_device(args.device)
     result = run_protocol(
         args.dataset, args.data, feature_map=args.feature_map, ipc=args.ipc, seed=args.seed, init=args.init,
@@ -127,7 +131,7 @@ def _show(args: argparse.Namespace) -> int:
     from .viz import save_image_grid
 
     out = args.out or args.file.with_suffix(".png")
-    _check_outputs([out], [args.file])
+    _check_outputs([out], [args.file], args.overwrite)
     distilled = DistilledSet.load(args.file)
     save_image_grid(distilled.images(), out, distilled.n_classes, args.contrast)
     print(f"wrote {out}: {len(distilled)} points, one column per class, {args.contrast} contrast")
@@ -179,6 +183,7 @@ def _parser() -> argparse.ArgumentParser:
     distill.add_argument("--out", type=Path, default=Path("distilled.dm"), help="default: distilled.dm")
     distill.add_argument("--png", type=Path, default=Path("distilled.png"), help="picture of the points (default: distilled.png)")
     distill.add_argument("--quiet", action="store_true", help="no progress bars")
+    distill.add_argument("--overwrite", action="store_true", help="replace --out and --png if they exist")
     distill.set_defaults(command=_distill)
 
     evaluate = commands.add_parser("eval", help="fit KRR on a distilled set and report its test accuracy")
@@ -193,6 +198,7 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--out", type=Path, help="default: FILE with a .png suffix")
     show.add_argument("--contrast", default="clip", choices=CONTRASTS,
                       help="clip to the pixel range (default) or stretch each image (for noise init)")
+    show.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     show.set_defaults(command=_show)
     return parser
 

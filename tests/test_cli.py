@@ -327,3 +327,19 @@ def test_an_internal_error_is_not_disguised_as_a_user_error(tmp_path, monkeypatc
     monkeypatch.setattr(protocol, "run_protocol", bug)
     with pytest.raises(KeyError):
         main(["distill", "--quiet", "--out", str(tmp_path / "a.dm"), "--png", str(tmp_path / "a.png")])
+
+
+def test_existing_outputs_are_kept_unless_overwrite_is_given(distilled_file, tmp_path, capsys):
+    out, png = distilled_file
+    before = out.read_bytes(), png.read_bytes()
+    # A second run to the same paths (say with other settings) must not replace what the first one saved.
+    assert main(["distill", "--ipc", "1", "--quiet", "--out", str(out), "--png", str(tmp_path / "new.png")]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert main(["show", str(out), "--out", str(png)]) == 2
+    assert (out.read_bytes(), png.read_bytes()) == before
+    copy, picture = tmp_path / "copy.dm", tmp_path / "copy.png"
+    copy.write_bytes(before[0])
+    picture.write_bytes(b"an older picture")
+    assert main(["distill", "--ipc", "1", "--quiet", "--out", str(copy), "--png", str(picture), "--overwrite"]) == 0
+    assert len(DistilledSet.load(copy)) == 10 and picture.read_bytes() != b"an older picture"
+    assert main(["show", str(copy), "--out", str(picture), "--overwrite"]) == 0
