@@ -53,6 +53,7 @@ from continual.data import read_experience
 
 ACC = "Top1_Acc_Stream/eval_phase/test_stream"
 FORGET = "StreamForgetting/eval_phase/test_stream"
+NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
 LABEL_BYTES = 8  # an int64 label per real exemplar
 
 
@@ -300,8 +301,9 @@ def setting(payload: dict) -> str:
     else:
         what = (f"MLP {payload['d']}-{a['hidden']}-{payload['n_classes']}, {a['epochs']} epoch(s) per experience, "
                 f"SGD lr {a['lr']} momentum 0.9, batch {a['batch']} (+ {a['batch']} replayed)")
-    return (f"Split {payload['dataset']}, {a['n_experiences']} experiences, class orders of seeds {seeds}; {what}. "
-            f"Mean ± std over seeds.")
+    runs = (f"mean ± std over the class orders of seeds {seeds}" if len(payload["seeds"]) > 1
+            else f"one run, the class order of seed {seeds}")
+    return f"Split {NAMES.get(payload['dataset'], payload['dataset'])}, {a['n_experiences']} experiences, {runs}; {what}."
 
 
 def markdown(payload: dict) -> str:
@@ -415,7 +417,7 @@ def plot(folder: Path, dataset: str) -> Path | None:
     ax.set_xscale("log")
     ax.set_xlabel("memory (bytes)")
     ax.set_ylabel("final average accuracy (%)")
-    ax.set_title(f"Split {dataset}: accuracy against memory")
+    ax.set_title(f"Split {NAMES.get(dataset, dataset)}: final accuracy against memory bytes")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     out = folder / f"continual_bytes_{dataset}.png"
@@ -448,8 +450,8 @@ def measure(args) -> dict:
     bench = split_benchmark(args.dataset, args.data, n_experiences=args.n_experiences, seed=args.seeds[0])
     d = math.prod(bench.train_stream[0].dataset[0][0].shape)
     map_name = "FCNN" if args.map == "fcnn" else f"random Fourier features ({args.width})"
-    title = (f"Split {args.dataset}: KRRStrategy memories against real exemplars, {map_name}" if part == "krr"
-             else f"Split {args.dataset}: MLP replay baselines against the distilled buffer")
+    title = (f"Split {NAMES.get(args.dataset, args.dataset)}: KRRStrategy memories against real exemplars, {map_name}" if part == "krr"
+             else f"Split {NAMES.get(args.dataset, args.dataset)}: MLP replay baselines against the distilled buffer")
     return {"title": title, "dataset": args.dataset, "part": part, "map_name": map_name, "d": d,
             "n_classes": bench.n_classes, "args": {k: v for k, v in vars(args).items() if k not in ("data", "out", "report_only")},
             "seeds": runs, "seconds": time.perf_counter() - start}
