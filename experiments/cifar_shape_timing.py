@@ -113,8 +113,9 @@ def readme(payload: dict) -> str:
         f"{payload['feature_map'].upper()} features and IPC {payload['ipc']}: `{payload['command']}` on {payload['machine']}.",
         "",
         f"- {_count(n).capitalize()} run{'s' if n > 1 else ''} took {listed} s, so the median is "
-        f"{statistics.median(seconds):.1f} s; {_count(over)} of the {_count(n)} {'is' if over == 1 else 'are'} "
-        f"over the {TARGET_SECONDS:.0f} s target.",
+        f"{statistics.median(seconds):.1f} s; "
+        + (f"none is over the {TARGET_SECONDS:.0f} s target." if over == 0 else
+           f"{_count(over)} of the {_count(n)} {'is' if over == 1 else 'are'} over the {TARGET_SECONDS:.0f} s target."),
         f"- Peak memory was {harness.span([r['peak_rss_gb'] for r in runs], '.2f')} GB and the weight error "
         f"at most {harness.sci(max(r['recovery_error'] for r in runs))}; the distilled model made the same predictions "
         f"as the original on {harness.same_share(min(r['agreement'] for r in runs))} of test points.",
