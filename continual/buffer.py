@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -100,6 +101,9 @@ class DistilledBuffer(ExemplarsBuffer):
     ----------
     groups : list of DistilledGroup
         One per experience absorbed, in order.
+    update_seconds : float
+        Wall time spent so far in successful updates (distilling and
+        shrinking), to set against a strategy's training time.
     """
 
     def __init__(
@@ -137,6 +141,7 @@ class DistilledBuffer(ExemplarsBuffer):
         self.seed = seed
         self.groups: list[DistilledGroup] = []
         self.input_shape: tuple[int, ...] | None = None
+        self.update_seconds = 0.0
 
     # -- Avalanche's storage-policy interface ---------------------------------
     def post_adapt(self, agent_state: Any, exp: Any) -> None:
@@ -159,6 +164,7 @@ class DistilledBuffer(ExemplarsBuffer):
         ``classes_in_this_experience``); every one must have samples and no
         sample may have another label. On any error the buffer is unchanged.
         """
+        start = time.perf_counter()
         data = read_experience(dataset, classes=classes)
         self._check_fits(data)
         exp_classes = tuple(int(c) for c in torch.unique(data.y).tolist())
@@ -173,6 +179,7 @@ class DistilledBuffer(ExemplarsBuffer):
         self.groups = [*shrunk, new_group]
         self.input_shape = data.input_shape
         self._rebuild()
+        self.update_seconds += time.perf_counter() - start
 
     # -- sizes ----------------------------------------------------------------------
     @property

@@ -182,17 +182,6 @@ def neural_run(bench, d: int, method: str, mem: int, args, seed: int) -> dict:
         policy = ParametricBuffer(mem, groupby="class", selection_strategy=HerdingSelectionStrategy(model, "net.1"))
     elif method == "distilled":
         policy = DistilledBuffer(max_size=mem, seed=seed)
-    distill_seconds = 0.0
-    if isinstance(policy, DistilledBuffer):
-        post_adapt = policy.post_adapt
-
-        def timed(agent, exp):
-            nonlocal distill_seconds
-            start = time.perf_counter()
-            post_adapt(agent, exp)
-            distill_seconds += time.perf_counter() - start
-
-        policy.post_adapt = timed
     common = dict(
         model=model, optimizer=torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9),
         criterion=nn.CrossEntropyLoss(), train_mb_size=args.batch, train_epochs=args.epochs, eval_mb_size=1024,
@@ -219,7 +208,7 @@ def neural_run(bench, d: int, method: str, mem: int, args, seed: int) -> dict:
         row["points"] = len(buffer.buffer)
         row["bytes"] = buffer.nbytes if isinstance(buffer, DistilledBuffer) else row["points"] * exemplar_bytes(d)
     if isinstance(policy, DistilledBuffer):
-        row["distill_seconds"] = distill_seconds
+        row["distill_seconds"] = policy.update_seconds
     return row
 
 

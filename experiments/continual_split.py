@@ -101,17 +101,6 @@ def neural_run(bench, d: int, policy, args, seed: int) -> dict:
     torch.manual_seed(seed)
     model = MLP(d, bench.n_classes, args.hidden)
     plugins = [] if policy is None else [ReplayPlugin(mem_size=policy.max_size, storage_policy=policy)]
-    distill_seconds = 0.0
-    if isinstance(policy, DistilledBuffer):
-        post_adapt = policy.post_adapt
-
-        def timed(agent, exp):
-            nonlocal distill_seconds
-            start = time.perf_counter()
-            post_adapt(agent, exp)
-            distill_seconds += time.perf_counter() - start
-
-        policy.post_adapt = timed
     strategy = Naive(
         model=model, optimizer=torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9),
         criterion=nn.CrossEntropyLoss(), train_mb_size=args.batch, train_epochs=args.epochs, eval_mb_size=1024,
@@ -126,7 +115,7 @@ def neural_run(bench, d: int, policy, args, seed: int) -> dict:
         result["points"] = len(policy.buffer)
     if isinstance(policy, DistilledBuffer):
         result["bytes"] = policy.nbytes
-        result["distill_seconds"] = distill_seconds
+        result["distill_seconds"] = policy.update_seconds
     return result
 
 

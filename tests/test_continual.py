@@ -499,3 +499,16 @@ def test_buffer_other_maps_and_inits_keep_the_head_through_shrinking(bench, exp_
     local = torch.searchsorted(torch.tensor(group.classes), y)
     teacher = dm.KRR(feature_map, reg=1.0, n_classes=2).fit(x, local)
     assert rel_err(group.distilled.fit_krr().weights_, teacher.weights_) <= 1e-6
+
+
+def test_buffer_reports_the_time_its_updates_took(bench):
+    buffer = DistilledBuffer(max_size=40)
+    assert buffer.update_seconds == 0.0
+    buffer.update_from_dataset(bench.train_stream[0].dataset)
+    first = buffer.update_seconds
+    assert first > 0
+    with pytest.raises(ValueError):
+        buffer.update_from_dataset(bench.train_stream[1].dataset, classes=[99])  # a declared class with no samples
+    assert buffer.update_seconds == first  # a failed update is not counted
+    buffer.update_from_dataset(bench.train_stream[1].dataset)
+    assert buffer.update_seconds > first
