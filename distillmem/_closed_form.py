@@ -1,4 +1,4 @@
-"""The closed form every builder shares (Chen, Huang & Weng, NeurIPS 2024; docs/theory.md §3-§6).
+"""The closed form every builder shares (Chen, Huang & Weng, NeurIPS 2024; docs/math.md §3-§6).
 
 Samples are rows. With W (k, p) the KRR weights, T_S (m, k) the distilled
 targets, Y = T_S^T and P = Y^+ Y, every D (m, p) of the form
@@ -268,7 +268,7 @@ def target_features(
     of standard deviation ``noise_std``, by default ``noise_scale * std(Y^+ W)``
     as in the paper's code. ``project`` maps Z before the (I - P) projection.
     The features are divided by ``fmap.range_scale``, and so are the targets
-    (reg by its square), which keeps W (docs/theory.md §6.2 and §11.2).
+    (reg by its square), which keeps W (docs/math.md §6.2 and §11.2).
     """
     k = weights.shape[0]
     device = weights.device

@@ -1,6 +1,6 @@
 """Closed-form distillation for surjective feature maps (Chen, Huang & Weng 2024, Theorems 4.1 / 5.1, Corollary 4.1.1).
 
-The construction is in ``_closed_form`` (docs/theory.md §3-§6); this module
+The construction is in ``_closed_form`` (docs/math.md §3-§6); this module
 gives it the estimator interface and the exact preimage of the map.
 """
 

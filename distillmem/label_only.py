@@ -1,4 +1,4 @@
-"""Label-only distillation (Chen, Huang & Weng 2024, Theorem 4.2; docs/theory.md §5).
+"""Label-only distillation (Chen, Huang & Weng 2024, Theorem 4.2; docs/math.md §5).
 
 The distilled points X_S are fixed (real points, random points, any points a
 user supplies); only their targets are chosen. Samples are rows: with

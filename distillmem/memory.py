@@ -1,6 +1,6 @@
 """Moment memories: synthetic points that reproduce KRR on the data for every lambda.
 
-A moment memory (docs/theory.md §11) is a set of r synthetic feature rows
+A moment memory (docs/math.md §11) is a set of r synthetic feature rows
 Phi_S (r, p) with dense targets T_S (r, k) such that
 
     Phi_S^T Phi_S = G = Phi^T Phi    and    Phi_S^T T_S = R = Phi^T T
@@ -48,7 +48,7 @@ class MomentMemory:
     exactly, so one call per task (or per client round) loses the least:
 
     - ``"truncate"``: keep the top r directions of Phi_S (the spectral
-      cut-off of docs/theory.md §11.2; ``truncation_error`` predicts its weight
+      cut-off of docs/math.md §11.2; ``truncation_error`` predicts its weight
       error exactly).
     - ``"frequent-directions"`` (default): frequent-directions shrinkage
       (Liberty 2013; Ghashami et al. 2016) of the augmented rows
@@ -251,7 +251,7 @@ class MomentMemory:
     def truncation_error(self, r: int, reg: float) -> float:
         """||W(reg) - W_r(reg)||_F / ||W(reg)||_F for the top r directions, from the spectrum (no refit).
 
-        docs/theory.md §11.2: ||W - W_r||^2 = sum_{i > r} ||u_i^T R||^2 / (e_i + reg)^2,
+        docs/math.md §11.2: ||W - W_r||^2 = sum_{i > r} ||u_i^T R||^2 / (e_i + reg)^2,
         here with e_i = s_i^2 and u_i^T R = s_i t_i (t_i the i-th target row).
         This is the error of ``compress(r)`` with ``shrink="truncate"``.
         """

@@ -1,4 +1,4 @@
-"""Distillation for feature maps without an exact preimage (paper sections 5.2 and 7; docs/theory.md §7.2 and §7.3).
+"""Distillation for feature maps without an exact preimage (paper sections 5.2 and 7; docs/math.md §7.2 and §7.3).
 
 - ``distill_deep_linear``: deep linear maps that widen (d < p). When W was
   fitted on this map's features, k points X_S = M^+ W^+ Y_S already suffice;

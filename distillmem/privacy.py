@@ -8,7 +8,7 @@ one-hot targets T_S (m, k), Y = T_S^T, P = Y^+ Y. The distilled set is
     X_S = pinv(D)^T                                         (m, d)
 
 so KRR at lambda_S = 0 on (X_S, T_S) gives Y D = W exactly, whatever Z is:
-the noise only changes the points, never the model (docs/theory.md §8.3).
+the noise only changes the points, never the model (docs/math.md §8.3).
 See :func:`distill_private` for the assumptions and for what the guarantee
 does and does not cover.
 """
@@ -76,7 +76,7 @@ def gaussian_noise_scale(
 ) -> float:
     """sigma = max_i 2 sqrt(2) sqrt(ln(1.25/delta)) B ||[Y_S^+]_i Y|| / (sigma_0^2 epsilon ||[I - P]_i||).
 
-    Theorem 6.2 with the constant 2 sqrt(2) (docs/theory.md §8.3): row i of
+    Theorem 6.2 with the constant 2 sqrt(2) (docs/math.md §8.3): row i of
     Y_S^+ W has sensitivity ||[Y_S^+]_i Y|| * 2B / sigma_0^2 when one row of X
     changes, and the noise on row i of D has standard deviation
     sigma ||[I - P]_i||. Raises ValueError when a row that carries signal gets
@@ -138,7 +138,7 @@ def distill_private(
        (:func:`gaussian_noise_scale`). The paper prints the constant 2; this
        uses the larger 2 sqrt(2) of the textbook Gaussian mechanism
        (sigma >= sqrt(2 ln(1.25/delta)) Delta / epsilon with Delta = 2B ||.|| / sigma_0^2),
-       as docs/theory.md §8.3 explains;
+       as docs/math.md §8.3 explains;
     5. D = Y_S^+ W + (I - P) Z and X_S = pinv(D)^T with balanced, interleaved
        one-hot targets (ipc per class).
 

@@ -1,6 +1,6 @@
 """The paper's evaluation protocol as one call: load, fit, distil, refit, test.
 
-Chen et al. (2024), section 6 / docs/theory.md §9: fit the original KRR on a
+Chen et al. (2024), section 6 / docs/math.md §9: fit the original KRR on a
 seeded 95% split with lambda chosen on the other 5%, distil its weights,
 recompute phi on the recovered points, refit, and compare test accuracies.
 """

@@ -1,6 +1,6 @@
 """Closed-form distillation with the random convolutional feature map (RandomConv) on MNIST-like data.
 
-The paper has no CNN experiment (docs/theory.md §6.2, the convolution recipe). This runs
+The paper has no CNN experiment (docs/math.md §6.2, the convolution recipe). This runs
 its protocol (section 9: KRR with lambda chosen on a seeded 5% split and not
 refitted, distil, recompute phi on the recovered points, refit, test) with
 three conv maps of width p = 784 = d, plus the one-layer FCNN of the paper

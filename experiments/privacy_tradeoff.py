@@ -368,7 +368,7 @@ def _reading(report: dict) -> list[str]:
         "- The paper's uncalibrated noise mode already yields points unlike the data; the DP mechanism adds a "
         "formal per-row statement about D, not a visibly more private set, and no statement about W. "
         "Privacy of the model would need another mechanism (e.g. perturbing the sufficient statistics (G, R), "
-        "docs/theory.md §11.3), since W_S = W is the design goal of this construction."
+        "docs/math.md §11.3), since W_S = W is the design goal of this construction."
     )
     return out
 

@@ -1,4 +1,4 @@
-"""Deep linear feature maps (Theorem 5.3 and the docs/theory.md §7.2 k-point route)."""
+"""Deep linear feature maps (Theorem 5.3 and the docs/math.md §7.2 k-point route)."""
 
 from __future__ import annotations
 

@@ -129,7 +129,7 @@ def test_recovery_error_attribute_matches_the_set():
 
 
 def test_identity_one_image_per_class_is_pinv_of_w():
-    # docs/theory.md §3: with m = k, one-hot Y_S = I and reg_s = 0, X_S = (W^+)^T (samples as rows).
+    # docs/math.md §3: with m = k, one-hot Y_S = I and reg_s = 0, X_S = (W^+)^T (samples as rows).
     distiller = run("identity", "noise", 1, 300, "zero")
     syn = distiller.distilled_
     w = distiller.teacher_.weights_

@@ -62,7 +62,7 @@ def test_reported_error_matches_refit_and_theorem_formula_below_d(teacher, reg_s
     assert distilled.provenance.extras["exact"] is False
     assert distilled.recovery_error == pytest.approx(measured, rel=1e-9)
     assert distilled.provenance.extras["predicted_error"] == pytest.approx(measured, rel=1e-9)
-    # docs/theory.md §5: ||W (Q^+ Q - I_d)|| with Q = phi_reg(X_S)^+ (x_reg_pinv below) and Q^+ = x_reg.
+    # docs/math.md §5: ||W (Q^+ Q - I_d)|| with Q = phi_reg(X_S)^+ (x_reg_pinv below) and Q^+ = x_reg.
     x_cols = x_s.T
     x_reg_pinv = torch.linalg.solve(x_cols.T @ x_cols + reg_s * torch.eye(15, dtype=torch.float64), x_cols.T)
     x_reg = torch.linalg.pinv(x_reg_pinv)

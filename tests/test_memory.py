@@ -1,4 +1,4 @@
-"""Tests for distillmem.MomentMemory: exact, mergeable moment memories (docs/theory.md §11)."""
+"""Tests for distillmem.MomentMemory: exact, mergeable moment memories (docs/math.md §11)."""
 
 from __future__ import annotations
 
@@ -166,7 +166,7 @@ def test_truncation_error_is_non_increasing_in_r_and_zero_at_rank(make_problem):
 
 
 def test_truncation_error_follows_the_theory_formula(make_problem, naive_ridge, rel_err):
-    # ||W - W_r||^2 = sum_{i > r} ||u_i^T R||^2 / (e_i + reg)^2 with G = U diag(e) U^T (docs/theory.md §11.2).
+    # ||W - W_r||^2 = sum_{i > r} ||u_i^T R||^2 / (e_i + reg)^2 with G = U diag(e) U^T (docs/math.md §11.2).
     x, y = make_problem(n=300)
     fmap = MAPS["identity"]()
     features, targets, reg, r = fmap(x), one_hot(y), 0.3, 10

@@ -1,4 +1,4 @@
-"""Identities of docs/theory.md checked on the package's outputs with independent float64 algebra.
+"""Identities of docs/math.md checked on the package's outputs with independent float64 algebra.
 
 Samples are rows: features (n, p), weights W (k, p), targets (n, k).
 """
@@ -23,7 +23,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _regularized_pinv(features: torch.Tensor, reg: float) -> torch.Tensor:
-    """phi_reg(F)^+ = (F F^T + reg I)^-1 F, or pinv(F^T) at reg = 0 (docs/theory.md §1)."""
+    """phi_reg(F)^+ = (F F^T + reg I)^-1 F, or pinv(F^T) at reg = 0 (docs/math.md §1)."""
     if reg == 0:
         return torch.linalg.pinv(features.T)
     kernel = features @ features.T + reg * torch.eye(features.shape[0], dtype=torch.float64)
@@ -33,7 +33,7 @@ def _regularized_pinv(features: torch.Tensor, reg: float) -> torch.Tensor:
 @pytest.mark.parametrize("solver", ["primal", "svd"])
 @pytest.mark.parametrize("reg", [0.0, 0.5])
 def test_scaling_rule_features_c_targets_c_prime_ridge_c_squared(make_problem, solver, reg):
-    # docs/theory.md §11.2: KRR on (c F, c' T) at c^2 reg gives (c'/c) W(reg).
+    # docs/math.md §11.2: KRR on (c F, c' T) at c^2 reg gives (c'/c) W(reg).
     x, y = make_problem(n=120, d=10)
     targets = torch.nn.functional.one_hot(y, K).to(torch.float64)
     base = KRR(Identity(), reg=reg, solver=solver).fit(x, targets).weights_
@@ -46,7 +46,7 @@ def test_scaling_rule_features_c_targets_c_prime_ridge_c_squared(make_problem, s
 
 @pytest.mark.parametrize("root", ["plus", "minus"])
 def test_theorem_4_1_in_feature_space_with_positive_reg_s(make_problem, root):
-    # docs/theory.md §3 and §6: the set's regularised pseudo-inverse D has the form Y^+ W + (I - P) Z,
+    # docs/math.md §3 and §6: the set's regularised pseudo-inverse D has the form Y^+ W + (I - P) Z,
     # sits on the bound 4 reg_s sigma'_1^2 = 1, and the chosen root puts every sigma_i^2 on one side of reg_s.
     x, y = make_problem(n=200, d=12)
     fmap = RandomFCNN(12, seed=2)
@@ -74,7 +74,7 @@ def test_theorem_4_1_in_feature_space_with_positive_reg_s(make_problem, root):
 
 
 def test_corollary_4_1_1_real_init_is_the_closest_admissible_d(make_problem):
-    # docs/theory.md §4: with every point of the data a reference, (I - P) D = (I - P) Q_hat with
+    # docs/math.md §4: with every point of the data a reference, (I - P) D = (I - P) Q_hat with
     # Q_hat = pinv(X_hat^T), up to the order of the points within each class.
     ipc = 5
     x, y = make_problem(n=K * ipc, d=30)
@@ -94,7 +94,7 @@ def test_corollary_4_1_1_real_init_is_the_closest_admissible_d(make_problem):
 
 
 def test_range_condition_is_necessary_for_any_number_of_points():
-    # docs/theory.md §7.2: for a linear map M (p, d) every refitted W_S has rows in Range(M), so a W with
+    # docs/math.md §7.2: for a linear map M (p, d) every refitted W_S has rows in Range(M), so a W with
     # a part outside Range(M) is out of reach of any set, however large; a W fitted on phi's features is not.
     fmap = RandomLinear(4, widths=(9,), seed=0)
     gen = torch.Generator().manual_seed(0)
@@ -113,7 +113,7 @@ def test_range_condition_is_necessary_for_any_number_of_points():
 
 
 def test_theorem_6_2_noise_scale_for_general_targets():
-    # docs/theory.md §8.3: sigma = max_i 2 sqrt(2) sqrt(ln(1.25/delta)) B ||[Y_S^+]_i T^T|| / (sigma_0^2 eps ||[I - P]_i||).
+    # docs/math.md §8.3: sigma = max_i 2 sqrt(2) sqrt(ln(1.25/delta)) B ||[Y_S^+]_i T^T|| / (sigma_0^2 eps ||[I - P]_i||).
     gen = torch.Generator().manual_seed(5)
     targets_s = torch.randn(10, 3, generator=gen, dtype=torch.float64)
     targets = torch.randn(80, 3, generator=gen, dtype=torch.float64)

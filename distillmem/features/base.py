@@ -60,7 +60,7 @@ class FeatureMap(nn.Module):
 
         Maps whose range is all of R^p return 1. The distiller divides the
         features and targets by s and the ridge by s^2, which leaves the
-        refitted weights unchanged (docs/theory.md §11.2).
+        refitted weights unchanged (docs/math.md §11.2).
         """
         return 1.0
 

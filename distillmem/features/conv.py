@@ -1,6 +1,6 @@
 """Random convolutional LeakyReLU network: a structured linear map with an exact inverse.
 
-A bias-free convolution is a linear map A: R^d -> R^p (docs/theory.md §6.2, CNN
+A bias-free convolution is a linear map A: R^d -> R^p (docs/math.md §6.2, CNN
 recipe). When A has full row rank p <= d, phi = LeakyReLU o A is surjective and
 its minimum-norm preimage is A^+ LeakyReLU^{-1}(f). Two ways to apply A^+ are
 used, neither forming a d x d matrix:

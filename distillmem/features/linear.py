@@ -1,10 +1,10 @@
-"""Random deep linear network phi(x) = W_L ... W_1 x (docs/theory.md §7).
+"""Random deep linear network phi(x) = W_L ... W_1 x (docs/math.md §7).
 
 A deep linear map is the composed matrix M = W_L ... W_1 of shape (p, d). When
 M has rank p (no layer narrower than p) the map is surjective and ``preimage``
 is the minimum-norm least-squares solve. An expanding map (p > rank M, e.g.
 d < p) is injective but not surjective: its features fill only Range(M). For
-such maps use :func:`distill_deep_linear`, the k-point route of docs/theory.md
+such maps use :func:`distill_deep_linear`, the k-point route of docs/math.md
 §7.2: when W was fitted on features of this same map, Range(W^T) lies in
 Range(M) and m = k points suffice.
 """
