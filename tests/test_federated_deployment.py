@@ -83,7 +83,12 @@ def test_tls_deployment_gives_the_in_process_head(deployment):
     # Each node read its own partition: node i reported partition i, and each upload's size is that partition's.
     assert _by_partition(result) == _by_partition(local)
     assert result["total_upload_bytes"] == local["total_upload_bytes"]
-    assert dep.results_path.is_file() and dep.run_status() == "finished:completed"
+    assert dep.results_path.is_file()
+    # The ServerApp writes its results before the SuperLink marks the run finished: wait for that, bounded.
+    end = time.monotonic() + 60
+    while (status := dep.run_status()) == "running" and time.monotonic() < end:
+        time.sleep(0.5)
+    assert status == "finished:completed"
 
 
 @pytest.mark.deployment
