@@ -43,6 +43,7 @@ import warnings
 from pathlib import Path
 
 import harness
+from continual_split import MLP  # the same network as the split-digits comparison
 import torch
 from torch import nn
 
@@ -157,14 +158,6 @@ def krr_seed(args, seed: int) -> dict:
 
 # -- neural learner ------------------------------------------------------------------------------
 
-
-class MLP(nn.Module):
-    def __init__(self, d: int, k: int, hidden: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, k))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.flatten(1))
 
 
 def neural_run(bench, d: int, method: str, mem: int, args, seed: int) -> dict:
