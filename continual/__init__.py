@@ -5,7 +5,8 @@ Depends on ``distillmem`` and avalanche-lib; ``distillmem`` never imports this p
 
 from .benchmarks import split_benchmark
 from .buffer import DistilledBuffer
+from .ncm import NCMStrategy
 from .plugin import DistilledReplayPlugin
 from .strategy import KRRStrategy
 
-__all__ = ["DistilledBuffer", "DistilledReplayPlugin", "KRRStrategy", "split_benchmark"]
+__all__ = ["DistilledBuffer", "DistilledReplayPlugin", "KRRStrategy", "NCMStrategy", "split_benchmark"]

@@ -1,4 +1,9 @@
-"""Offline class- and task-incremental benchmarks from local files, through the engine's loaders."""
+"""Offline class- and task-incremental benchmarks from local files, through the engine's loaders.
+
+With a ``feature_map`` the scenario holds phi(image) instead of the image: a frozen backbone runs once over the
+dataset, not once per experience and strategy, and any learner (``KRRStrategy`` on ``Identity``, a linear head,
+a nearest-class-mean head) trains on the same features.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from avalanche.benchmarks.scenarios.deprecated.new_classes.nc_scenario import NC
 from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset as tensor_dataset
 
 from distillmem.data import DATASETS, load_dataset
+from distillmem.features import FeatureMap
 
 
 def split_benchmark(
@@ -20,6 +26,7 @@ def split_benchmark(
     seed: int = 0,
     task_labels: bool = False,
     class_order: list[int] | None = None,
+    feature_map: FeatureMap | None = None,
 ) -> NCScenario:
     """Split a dataset into ``n_experiences`` experiences of disjoint classes.
 
@@ -44,6 +51,11 @@ def split_benchmark(
         Task-incremental: experience i carries task label i (class-incremental: all 0).
     class_order : list of int, optional
         A permutation of the class ids, overriding ``seed``.
+    feature_map : FeatureMap, optional
+        A frozen map phi (e.g. ``distillmem.features.Pretrained("efficientnet-lite0")``): the items are then
+        float32 feature vectors phi(x) of shape (p,) instead of images, computed once for the whole dataset.
+        Learners take them with ``Identity(p)`` as their map (``KRRStrategy``, ``NCMStrategy``) or a head of
+        input width p (Avalanche's strategies); the results equal those of the map on the images.
 
     Returns
     -------
@@ -63,10 +75,15 @@ def split_benchmark(
         class_order = torch.randperm(k, generator=torch.Generator().manual_seed(seed)).tolist()
     elif sorted(int(c) for c in class_order) != list(range(k)):
         raise ValueError(f"class_order must be a permutation of 0..{k - 1}, got {class_order!r}")
+    if feature_map is not None and not isinstance(feature_map, FeatureMap):
+        raise TypeError(f"feature_map must be a distillmem FeatureMap, got {type(feature_map).__name__}")
+    x_train, x_test = dataset.x_train, dataset.x_test
+    if feature_map is not None:
+        x_train, x_test = _featurize(feature_map, dataset.x_train), _featurize(feature_map, dataset.x_test)
     base, extra = divmod(k, n_experiences)
     per_exp = {i: base + (1 if i < extra else 0) for i in range(n_experiences)}
-    train = tensor_dataset(dataset.x_train, dataset.y_train, task_labels=0)
-    test = tensor_dataset(dataset.x_test, dataset.y_test, task_labels=0)
+    train = tensor_dataset(x_train, dataset.y_train, task_labels=0)
+    test = tensor_dataset(x_test, dataset.y_test, task_labels=0)
     return nc_benchmark(
         train,
         test,
@@ -77,3 +94,13 @@ def split_benchmark(
         per_exp_classes=per_exp,
         class_ids_from_zero_in_each_exp=False,
     )
+
+
+def _featurize(feature_map: FeatureMap, x: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    flat = x.reshape(x.shape[0], -1)
+    try:
+        feature_map.check_input(flat[:1])
+    except ValueError as err:
+        raise ValueError(f"feature_map {feature_map!r} does not fit the images of shape {tuple(x.shape[1:])}: {err}") from None
+    with torch.inference_mode():
+        return torch.cat([feature_map(flat[i : i + chunk]).to(torch.float32) for i in range(0, len(flat), chunk)])
