@@ -30,6 +30,7 @@ from ._stats import checked_features, iter_array_chunks
 from ._validation import as_samples, as_targets, check_int, check_real, resolve_device
 from .features import FeatureMap
 from .memory import MomentMemory
+from .privacy import clip_rows
 
 CALIBRATIONS = ("analytic", "classical")
 #: What the released statistics guarantee, and what they do not; reported with every result.
@@ -195,9 +196,8 @@ class PrivateStatistics:
         clipped = 0
         for chunk, t in iter_array_chunks(xs, targets, check_int(self.chunk_size, "chunk_size", minimum=1), device):
             f = checked_features(fmap, chunk.to(torch.float64))
-            norms = torch.linalg.norm(f, dim=1, keepdim=True)
-            f = f * (bound / norms).clamp(max=1.0)  # a zero row gives inf -> 1
-            clipped += int((norms > bound).sum())
+            f, scaled = clip_rows(f, bound)
+            clipped += scaled
             gram = f.T @ f if gram is None else gram + f.T @ f
             cross = f.T @ t if cross is None else cross + f.T @ t
         if gram is None:
