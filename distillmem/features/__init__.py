@@ -11,5 +11,6 @@ from .fourier import RandomFourier
 from .identity import Identity
 from .linear import RandomLinear
 from .module import ModuleMap
+from .pretrained import Pretrained
 
-__all__ = ["FeatureMap", "Identity", "ModuleMap", "RandomConv", "RandomFCNN", "RandomFourier", "RandomLinear", "from_spec"]
+__all__ = ["FeatureMap", "Identity", "ModuleMap", "Pretrained", "RandomConv", "RandomFCNN", "RandomFourier", "RandomLinear", "from_spec"]
