@@ -1,24 +1,24 @@
-"""Gram sketches: exact cross moments plus a frequent-directions sketch of the Gram.
+"""Gram sketches: exact cross moments, a truncated eigendecomposition of the Gram, and a local-head correction.
 
 KRR depends on the data only through G = Phi^T Phi (p, p) and R = Phi^T T
-(p, k). R is small (k columns); G is what costs. A ``GramSketch`` keeps R
-exactly (float64) and replaces G by r sketch rows B (r, p) built by frequent
-directions (Liberty 2013; Ghashami et al. 2016): stream the feature rows in
-chunks, and whenever [B; chunk] has more than r rows, take its SVD, subtract
-delta = sigma_{r+1}^2 from every sigma_i^2 and keep the top r rows. The sum
-Delta of those deltas bounds the error in the Loewner order:
+(p, k). R is small (k columns); G is what costs. A ``GramSketch`` keeps R and
+diag(G) exactly (float64) and replaces G by r rows B (r, p) holding its top
+eigenpairs (B^T B = U S U^T, B = S^(1/2) U^T). Each ``update`` call folds its
+data in exactly (the call's Gram is accumulated chunk by chunk) and truncates
+once: one eigendecomposition of B^T B + G_call, keep the top r, drop the rest
+D_t. Every D_t is positive semidefinite with norm delta_t, the largest dropped
+eigenvalue, so with Delta = sum_t delta_t
 
     0 <= G - B^T B <= Delta I.
 
-Adding (Delta / 2) I back (``correction="shrinkage"``) puts the estimate in
-the middle of that interval; without it, the directions the sketch dropped
-carry no energy and the head overfits them. The sketch also keeps diag(G)
-exactly (p numbers), so ``correction="diagonal"`` adds the exact diagonal of
-the dropped part, diag(G - B^T B): closer to G, but a weaker ridge where
-Delta is large, which makes it the better preconditioner for iterative
-refinement and the weaker one-shot head at small r. Sketches of disjoint
-data merge by stacking their rows and re-shrinking; their cross moments,
-diagonals and deltas add.
+The estimate of G is B^T B plus the exact diagonal of what was dropped,
+G_hat = B^T B + diag(G - B^T B). With ``reg`` set, the sketch also keeps a
+correction C = sum_t (D_t - diag D_t) W_t (p, k), W_t the head of the state
+just before truncation t; since G - G_hat = sum_t (D_t - diag D_t), the head
+(G_hat + lambda I)^-1 (R - C) reproduces most of what the truncation lost
+(docs/math.md, section 11.7). Sketches of disjoint data merge: R, diag(G),
+Delta and C add, and the stacked rows are truncated once more, the part that
+drops handled as in an update.
 """
 
 from __future__ import annotations
@@ -33,11 +33,9 @@ from ._validation import as_samples, as_targets, check_data_args, check_int, che
 from .features import FeatureMap
 from .krr import KRR
 
-CORRECTIONS = ("shrinkage", "diagonal")
-
 
 class GramSketch:
-    """Exact R = Phi^T T and a rank-r frequent-directions sketch of G = Phi^T Phi, mergeable.
+    """Exact R = Phi^T T and diag(G), the top-r eigenpairs of G = Phi^T Phi, and a local-head correction; mergeable.
 
     Parameters
     ----------
@@ -46,24 +44,28 @@ class GramSketch:
     n_classes : int
         k, the number of target columns.
     rank : int, optional
-        r >= 1, the number of sketch rows; None keeps G exactly (B has at
-        most p rows, Delta stays 0).
+        r >= 1, the number of sketch rows; None keeps G exactly (Delta stays 0).
+    reg : float, optional
+        lambda >= 0 of the heads W_t behind the correction C; None keeps no
+        correction (``correction_`` is None).
     chunk_size : int
-        Rows per chunk: features are computed and folded into the sketch one
-        chunk at a time (memory O((r + chunk) * p)).
+        Rows per chunk: features are computed and their Gram accumulated one
+        chunk at a time (memory O(p^2 + chunk * p)).
     device : str or torch.device, optional
         Where features and factorisations run; the state is kept on the CPU.
 
     Attributes
     ----------
     sketch_ : torch.Tensor of shape (r', p), float64
-        B with r' <= r orthogonal rows (norms descending).
+        B = S^(1/2) U^T, r' <= r orthogonal rows, norms descending.
     cross_ : torch.Tensor of shape (p, k), float64
         R, exact.
-    shrinkage_ : float
-        Delta, the total frequent-directions shrinkage: 0 <= G - B^T B <= Delta I.
     diagonal_ : torch.Tensor of shape (p,), float64
         diag(G), exact.
+    shrinkage_ : float
+        Delta, the sum of the largest dropped eigenvalues: 0 <= G - B^T B <= Delta I.
+    correction_ : torch.Tensor of shape (p, k), float64, or None
+        C = sum_t (D_t - diag D_t) W_t, with ``reg`` set.
     n_seen_ : int
         Samples absorbed.
     n_features_in_ : int
@@ -80,8 +82,8 @@ class GramSketch:
     >>> exact = GramSketch(Identity(), n_classes=3).update(x, y).fit_krr(reg=0.1)
     >>> bool(torch.allclose(exact.weights_, KRR(Identity(), reg=0.1).fit(x, y).weights_, atol=1e-12))
     True
-    >>> GramSketch(Identity(), n_classes=3, rank=5).update(x, y).sketch_.shape
-    torch.Size([5, 20])
+    >>> GramSketch(Identity(), n_classes=3, rank=5, reg=0.1).update(x, y).correction_.shape
+    torch.Size([20, 3])
     """
 
     def __init__(
@@ -90,23 +92,26 @@ class GramSketch:
         n_classes: int,
         *,
         rank: int | None = None,
+        reg: float | None = None,
         chunk_size: int = 8192,
         device: str | torch.device | None = None,
     ) -> None:
         self.feature_map = feature_map
         self.n_classes = n_classes
         self.rank = rank
+        self.reg = reg
         self.chunk_size = chunk_size
         self.device = device
 
     def __repr__(self) -> str:
-        return f"GramSketch({self.feature_map!r}, n_classes={self.n_classes}, rank={self.rank})"
+        return f"GramSketch({self.feature_map!r}, n_classes={self.n_classes}, rank={self.rank}, reg={self.reg})"
 
     # -- absorbing data -------------------------------------------------------
     def update(self, x: Any, y: Any = None) -> "GramSketch":
         """Absorb x (n, d) or (n, C, H, W) with y (n,) labels or (n, k) targets; returns self.
 
         ``x`` may also be an iterable of (x, y) batches (then ``y=None``).
+        The whole call is folded in exactly, then truncated once to the rank.
         """
         self._check_params()
         device = resolve_device(self.device)
@@ -117,7 +122,7 @@ class GramSketch:
             xs = as_samples(x)
             targets, _ = as_targets(y, xs.shape[0], self.n_classes)
             chunks = iter_array_chunks(xs, targets, self.chunk_size, device)
-        rows = 0
+        rows, gram, cross = 0, None, None
         for xc, tc in chunks:
             width = getattr(self, "n_features_in_", None)
             if width is not None and xc.shape[1] != width:
@@ -125,11 +130,19 @@ class GramSketch:
             for start in range(0, xc.shape[0], self.chunk_size):
                 part = xc[start : start + self.chunk_size].to(torch.float64)
                 f = checked_features(fmap, part, first_row=rows).to(torch.float64)
-                self._absorb(f, tc[start : start + self.chunk_size].to(torch.float64), device)
+                t = tc[start : start + self.chunk_size].to(torch.float64)
+                if gram is None:
+                    gram = torch.zeros(f.shape[1], f.shape[1], dtype=torch.float64, device=device)
+                    cross = torch.zeros(f.shape[1], self.n_classes, dtype=torch.float64, device=device)
+                gram += f.T @ f
+                cross += f.T @ t
                 rows += f.shape[0]
-            self.n_features_in_ = xc.shape[1]
+            width = xc.shape[1]
         if rows == 0:
             raise ValueError("the data is empty: no batch was given")
+        self._start(gram.shape[0])
+        self._fold(gram, cross, torch.diagonal(gram), None, device)
+        self.n_features_in_ = width
         self.n_seen_ = getattr(self, "n_seen_", 0) + rows
         return self
 
@@ -144,28 +157,32 @@ class GramSketch:
         *,
         n_seen: int,
         n_features_in: int,
+        correction: Any = None,
         **params: Any,
     ) -> "GramSketch":
-        """Rebuild a sketch sent as arrays: B (r', p), R (p, k), Delta >= 0, diag(G) (p,) (e.g. a federated upload).
+        """Rebuild a sketch sent as arrays: B (r', p), R (p, k), Delta >= 0, diag(G) (p,) and C (p, k) (e.g. an upload).
 
         ``params`` are the constructor's keywords other than ``n_classes``
-        (taken from R); a ``rank`` below r' re-shrinks the rows.
+        (taken from R); ``correction`` needs ``reg`` among them, and ``reg``
+        without a correction starts C at 0. A ``rank`` below r' truncates the
+        rows once more.
         """
         if not isinstance(feature_map, FeatureMap):
             raise TypeError(f"feature_map must be a distillmem FeatureMap, got {type(feature_map).__name__}")
         n_features_in = check_int(n_features_in, "n_features_in", minimum=1)
         p = feature_map.out_features(n_features_in)
-        b = torch.as_tensor(np.asarray(sketch), dtype=torch.float64)
-        r = torch.as_tensor(np.asarray(cross), dtype=torch.float64)
-        diag = torch.as_tensor(np.asarray(diagonal), dtype=torch.float64)
+        named = {"sketch": sketch, "cross": cross, "diagonal": diagonal, **({} if correction is None else {"correction": correction})}
+        b, r, diag, *corr = (torch.as_tensor(np.asarray(a), dtype=torch.float64) for a in named.values())
         if b.ndim != 2 or b.shape[1] != p:
             raise ValueError(f"sketch must have shape (r, {p}) for {feature_map!r}, found {tuple(b.shape)}")
         if r.ndim != 2 or r.shape[0] != p:
             raise ValueError(f"cross must have shape ({p}, k), found {tuple(r.shape)}")
         if diag.shape != (p,):
             raise ValueError(f"diagonal must have shape ({p},), found {tuple(diag.shape)}")
-        if not all(bool(torch.isfinite(t).all()) for t in (b, r, diag)):
-            raise ValueError("sketch, cross and diagonal must be finite (no NaN or Inf)")
+        if corr and corr[0].shape != r.shape:
+            raise ValueError(f"correction must have the shape of cross, {tuple(r.shape)}, found {tuple(corr[0].shape)}")
+        if not all(bool(torch.isfinite(t).all()) for t in (b, r, diag, *corr)):
+            raise ValueError(f"{', '.join(named)} must be finite (no NaN or Inf)")
         # G - B^T B is positive semi-definite, so its diagonal is too.
         excess = float((b.square().sum(dim=0) - diag).max())
         if excess > 1e-6 * max(float(diag.abs().max()), 1.0):
@@ -174,12 +191,11 @@ class GramSketch:
         n_seen = check_int(n_seen, "n_seen", minimum=0)
         out = cls(feature_map, r.shape[1], **params)
         out._check_params()
-        out.cross_ = torch.zeros(p, r.shape[1], dtype=torch.float64)
-        out.sketch_ = torch.zeros(0, p, dtype=torch.float64)
-        out.shrinkage_ = float(shrinkage)
-        out._absorb(b, None, resolve_device(out.device))
-        out.cross_ += r
-        out.diagonal_ = diag
+        if corr and out.reg is None:
+            raise ValueError("a correction needs the reg it was computed at: pass reg=")
+        out._start(p)
+        out._fold(b.T @ b, r, diag, corr[0] if corr else None, resolve_device(out.device))
+        out.shrinkage_ += shrinkage
         out.n_seen_ = n_seen
         out.n_features_in_ = n_features_in
         return out
@@ -188,8 +204,7 @@ class GramSketch:
     def merge(self, other: "GramSketch") -> "GramSketch":
         """A new sketch of the union of both sketches' data, with this sketch's rank (neither input changes).
 
-        Rows are stacked and shrunk once more; R and the deltas add, so the
-        bound 0 <= G - B^T B <= Delta I holds for the union.
+        R, diag(G), Delta and C add; the stacked rows are truncated once more.
         """
         if not isinstance(other, GramSketch):
             raise TypeError(f"can only merge a GramSketch, got {type(other).__name__}")
@@ -203,37 +218,28 @@ class GramSketch:
                 f"cannot merge sketches of different shapes: R {tuple(self.cross_.shape)} (d={self.n_features_in_}) "
                 f"and {tuple(other.cross_.shape)} (d={other.n_features_in_})"
             )
-        merged = type(self)(self.feature_map, self.n_classes, rank=self.rank, chunk_size=self.chunk_size, device=self.device)
-        merged.sketch_ = self.sketch_.clone()
-        merged.cross_ = self.cross_ + other.cross_
+        if self.reg != other.reg:
+            raise ValueError(f"cannot merge sketches corrected at different reg: {self.reg} and {other.reg}")
+        merged = type(self)(self.feature_map, self.n_classes, rank=self.rank, reg=self.reg, chunk_size=self.chunk_size, device=self.device)
+        merged.sketch_, merged.cross_, merged.diagonal_ = self.sketch_, self.cross_, self.diagonal_
         merged.shrinkage_ = self.shrinkage_ + other.shrinkage_
-        merged.diagonal_ = self.diagonal_ + other.diagonal_
-        merged._absorb(other.sketch_, None, resolve_device(self.device))
+        merged.correction_ = self.correction_
+        merged._fold(other.sketch_.T @ other.sketch_, other.cross_, other.diagonal_, other.correction_, resolve_device(self.device))
         merged.n_seen_ = self.n_seen_ + other.n_seen_
         merged.n_features_in_ = self.n_features_in_
         return merged
 
     # -- using the sketch -------------------------------------------------------
-    def gram(self, correction: str = "shrinkage") -> torch.Tensor:
-        """The estimate of G, (p, p) float64: B^T B + (Delta / 2) I, or B^T B + diag(G - B^T B) (see the module)."""
+    def gram(self) -> torch.Tensor:
+        """G_hat = B^T B + diag(G - B^T B), (p, p) float64: exact off the dropped directions, exact diagonal."""
         self._check_fitted()
-        if correction not in CORRECTIONS:
-            raise ValueError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
-        g = self.sketch_.T @ self.sketch_
-        if correction == "shrinkage":
-            g.diagonal().add_(self.shrinkage_ / 2)
-        else:
-            g.diagonal().copy_(torch.maximum(self.diagonal_, g.diagonal()))
-        return g
+        return _estimate(self.sketch_.T @ self.sketch_, self.diagonal_)
 
-    def fit_krr(self, reg: float, correction: str = "shrinkage") -> KRR:
-        """The KRR head W^T = (gram(correction) + reg I)^-1 R; exact when Delta = 0."""
+    def fit_krr(self, reg: float) -> KRR:
+        """The KRR head W^T = (G_hat + reg I)^-1 (R - C) (C = 0 without ``reg``); exact when Delta = 0."""
         self._check_fitted()
         reg = check_real(reg, "reg", minimum=0.0)
-        g = self.gram(correction)
-        g.diagonal().add_(reg)
-        # lstsq keeps reg = 0 usable on a singular Gram (minimum-norm solution).
-        weights_t = torch.linalg.lstsq(g, self.cross_, driver="gelsd").solution if reg == 0 else torch.linalg.solve(g, self.cross_)
+        weights_t = _ridge(self.gram(), self._corrected_cross(), reg)
         return KRR.from_weights(
             self.feature_map, weights_t.T, reg, n_features_in=self.n_features_in_, n_samples=self.n_seen_,
             chunk_size=self.chunk_size, device=self.device,
@@ -241,38 +247,45 @@ class GramSketch:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the state in float64: B, R, diag(G) and Delta."""
+        """Bytes of the state in float64: B, R, diag(G), Delta and C."""
         self._check_fitted()
-        return (self.sketch_.numel() + self.cross_.numel() + self.diagonal_.numel() + 1) * 8
+        corr = 0 if self.correction_ is None else self.correction_.numel()
+        return (self.sketch_.numel() + self.cross_.numel() + self.diagonal_.numel() + corr + 1) * 8
 
     # -- internals --------------------------------------------------------------
-    def _absorb(self, features: torch.Tensor, targets: torch.Tensor | None, device: torch.device) -> None:
-        """Add rows (m, p) to R and diag(G) (data rows, with targets) and fold them into B, shrinking to the rank."""
-        p = features.shape[1]
+    def _start(self, p: int) -> None:
         if not hasattr(self, "sketch_"):
             self.sketch_ = torch.zeros(0, p, dtype=torch.float64)
             self.cross_ = torch.zeros(p, self.n_classes, dtype=torch.float64)
             self.diagonal_ = torch.zeros(p, dtype=torch.float64)
             self.shrinkage_ = 0.0
-        features = features.to(device)
-        if targets is not None:
-            self.cross_ += (features.T @ targets.to(device)).cpu()
-            self.diagonal_ += features.square().sum(dim=0).cpu()
-        stacked = torch.cat([self.sketch_.to(device), features])
-        if stacked.shape[0] > p:
-            stacked = torch.linalg.qr(stacked, mode="r")[1]  # same Gram, at most p rows
-        if stacked.shape[0] == 0:
-            return
-        _, sing, right_t = torch.linalg.svd(stacked, full_matrices=False)
-        energy = sing.square()
-        r = energy.shape[0] if self.rank is None else int(self.rank)
-        if energy.shape[0] > r:
-            delta = float(energy[r])
-            energy = (energy[:r] - delta).clamp_min(0)
-            right_t = right_t[:r]
-            self.shrinkage_ += delta
-        keep = energy > 0
-        self.sketch_ = (energy[keep].sqrt()[:, None] * right_t[keep]).cpu()
+            self.correction_ = None if self.reg is None else torch.zeros(p, self.n_classes, dtype=torch.float64)
+
+    def _corrected_cross(self) -> torch.Tensor:
+        return self.cross_ if self.correction_ is None else self.cross_ - self.correction_
+
+    def _fold(self, gram: torch.Tensor, cross: torch.Tensor, diagonal: torch.Tensor, correction: torch.Tensor | None,
+              device: torch.device) -> None:
+        """Add a Gram (p, p), its R (p, k), exact diagonal (p,) and correction to the state; truncate once to the rank."""
+        state = self.sketch_.to(device).T @ self.sketch_.to(device) + gram.to(device)
+        self.cross_ = self.cross_ + cross.cpu()
+        self.diagonal_ = self.diagonal_ + diagonal.cpu()
+        if correction is not None:
+            self.correction_ = self.correction_ + correction.cpu()
+        eig, vec = torch.linalg.eigh(state)
+        eig, vec = eig.flip(0), vec.flip(1)
+        # Eigenvalues within rounding of 0 are not data: dropping them changes neither Delta nor C.
+        tol = state.shape[0] * torch.finfo(torch.float64).eps * max(float(eig[0]), 0.0)
+        n_kept = int((eig > tol).sum())
+        r = n_kept if self.rank is None else min(int(self.rank), n_kept)
+        if r < n_kept:
+            self.shrinkage_ += float(eig[r])
+            if self.correction_ is not None:
+                # The head of the state before truncation, then the dropped part D (less its diagonal) times it.
+                head = _ridge(_estimate(state, self.diagonal_.to(device)), self._corrected_cross().to(device), float(self.reg))
+                dropped = (vec[:, r:n_kept] * eig[r:n_kept]) @ vec[:, r:n_kept].T
+                self.correction_ = self.correction_ + ((dropped - torch.diag(torch.diagonal(dropped))) @ head).cpu()
+        self.sketch_ = (eig[:r].sqrt()[:, None] * vec[:, :r].T).cpu()
 
     def _check_params(self) -> None:
         if not isinstance(self.feature_map, FeatureMap):
@@ -280,8 +293,24 @@ class GramSketch:
         check_int(self.n_classes, "n_classes", minimum=1)
         if self.rank is not None:
             check_int(self.rank, "rank", minimum=1)
+        if self.reg is not None:
+            check_real(self.reg, "reg", minimum=0.0)
         check_int(self.chunk_size, "chunk_size", minimum=1)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "cross_"):
             raise RuntimeError("this GramSketch is empty: call update(x, y) first")
+
+
+def _estimate(low: torch.Tensor, diagonal: torch.Tensor) -> torch.Tensor:
+    """low (p, p) with its diagonal raised to the exact one (p,): the dropped part's diagonal added back."""
+    g = low.clone()
+    g.diagonal().copy_(torch.maximum(diagonal, g.diagonal()))
+    return g
+
+
+def _ridge(gram: torch.Tensor, rhs: torch.Tensor, reg: float) -> torch.Tensor:
+    """(gram + reg I)^-1 rhs (p, k); lstsq keeps reg = 0 usable on a singular Gram (minimum-norm solution)."""
+    g = gram.clone()
+    g.diagonal().add_(reg)
+    return torch.linalg.lstsq(g, rhs, driver="gelsd").solution if reg == 0 else torch.linalg.solve(g, rhs)

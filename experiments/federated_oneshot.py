@@ -38,10 +38,11 @@ import harness
 METHODS: dict[str, tuple[str, dict]] = {
     "moments (exact)": ("moments", {}),
     "stats (Fed3R / AFL)": ("stats", {}),
-    "sketch r=10": ("sketch", {"max_points": 10}),
-    "sketch r=50": ("sketch", {"max_points": 50}),
-    "sketch r=100": ("sketch", {"max_points": 100}),
-    "sketch r=100, 5 rounds": ("sketch", {"max_points": 100, "rounds": 5}),
+    # Sketch labels give max-points, the rows a client sends: r eigen-rows, plus k correction rows when they fit.
+    "sketch 1 row (r=1)": ("sketch", {"max_points": 1}),
+    "sketch 10 rows (r=10)": ("sketch", {"max_points": 10}),
+    "sketch 100 rows (r=90 + k)": ("sketch", {"max_points": 100}),
+    "sketch 100 rows (r=90 + k), 5 rounds": ("sketch", {"max_points": 100, "rounds": 5}),
     "moments r=100 (truncated)": ("moments", {"max_points": 100}),
     "real r=100": ("real", {"max_points": 100}),
     "real r=500": ("real", {"max_points": 500}),
@@ -55,13 +56,13 @@ FEDAVG = "FedAvg, linear head"
 #: Targets of issue 8 on 10 clients: largest gap (points) to centralized KRR per Dirichlet alpha, and of refinement.
 ONESHOT_GAP = {"dir0.5": 0.5, "dir0.1": 1.5}
 REFINE_GAP = 0.1
-REFINED, ONE_SHOT_OF_REFINED = "sketch r=100, 5 rounds", "sketch r=100"
-SMALL = ("sketch r=100",)  # the "at most 100 points per client plus k rows of cross moments" upload
-#: One-shot uploads compared with means, head averaging and FedAvg: the one nearest their bytes, and SMALL.
-COMPARED = ("sketch r=10", *SMALL)
+REFINED, ONE_SHOT_OF_REFINED = "sketch 100 rows (r=90 + k), 5 rounds", "sketch 100 rows (r=90 + k)"
+SMALL = (ONE_SHOT_OF_REFINED,)  # the "at most 100 points per client plus k rows of cross moments" upload
+#: One-shot uploads compared with means, head averaging and FedAvg: the ones nearest their bytes, and SMALL.
+COMPARED = ("sketch 1 row (r=1)", "sketch 10 rows (r=10)", *SMALL)
 #: One-shot uploads of at most 100 points (rows) per client, besides k rows of cross moments or class means.
-AT_MOST_100 = ("sketch r=10", "sketch r=50", "sketch r=100", "moments r=100 (truncated)", "real r=100", "means (FedNCM)",
-               "head averaging, ipc=1", "head averaging, ipc=10")
+AT_MOST_100 = ("sketch 1 row (r=1)", "sketch 10 rows (r=10)", ONE_SHOT_OF_REFINED,
+               "moments r=100 (truncated)", "real r=100", "means (FedNCM)", "head averaging, ipc=1", "head averaging, ipc=10")
 
 
 # -- measuring ------------------------------------------------------------------------------------
@@ -370,7 +371,7 @@ def markdown(payload: dict) -> str:
         if errors:
             accuracies = {r["seed"]: [a["accuracy"] for a in r["refinement"]] for r in payload["runs"]
                           if r["method"] == REFINED and r["partition"] == cell}
-            lines += ["", "Refinement (sketch r=100), seed by seed: relative weight error to centralized KRR after rounds "
+            lines += ["", f"Refinement (`{REFINED}`), seed by seed: relative weight error to centralized KRR after rounds "
                       "1 (the one-shot head), 2, ...: " + "; ".join(f"seed {seed}: " + " → ".join(harness.sci(e) for e in errs)
                                                                     for seed, errs in errors.items())
                       + "; test accuracy (%) after rounds 2, 3, ...: " + "; ".join(

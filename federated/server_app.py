@@ -24,6 +24,8 @@ from flwr.serverapp import Grid, ServerApp
 
 import distillmem as dm
 
+from .features import head_arrays, upload_spec
+from .privacy import privacy_log_line, privacy_report
 from .task import (
     REG_GRID,
     STATISTICS_MODES,
@@ -32,9 +34,7 @@ from .task import (
     UploadError,
     accuracy,
     average_heads,
-    load_arrays,
     make_feature_map,
-    spec_json,
     split_training,
     training_partitions,
     upload_head,
@@ -75,11 +75,11 @@ def server_app(config: Config | None = None, sink: Callable[[dict[str, Any]], No
 def run_server(grid: Grid, cfg: Config) -> dict[str, Any]:
     """The whole round: returns the results dict (``head`` is the fitted distillmem.KRR)."""
     start = time.monotonic()
-    data = load_arrays(cfg.dataset, cfg.data_path)
+    data = head_arrays(cfg, cfg.data_path)
     d, k = data.x_train.shape[1], data.n_classes
     fmap = make_feature_map(cfg, d)
     p = fmap.out_features(d)
-    spec = spec_json(fmap)
+    spec = upload_spec(cfg, fmap, cfg.data_path)
     pool, server_val = split_training(cfg, data.x_train.shape[0])
     # Every client builds the same partitions; building them here first turns a split that cannot be
     # made into one clear error before any node is asked.
@@ -95,8 +95,7 @@ def run_server(grid: Grid, cfg: Config) -> dict[str, Any]:
     rejected: dict[int, str] = {}
     upload_bytes: dict[int, int] = {}
     partitions: dict[int, int] = {}
-    gram, cross, heads, n_total = np.zeros((p, p)), np.zeros((p, k)), [], 0
-    precond = np.zeros((p, p)) if cfg.mode == "sketch" and cfg.rounds > 1 else None
+    gram, cross, correction, heads, n_total = np.zeros((p, p)), np.zeros((p, k)), np.zeros((p, k)), [], 0
     for reply in replies:
         node = reply.metadata.src_node_id
         if reply.has_error():
@@ -108,11 +107,11 @@ def run_server(grid: Grid, cfg: Config) -> dict[str, Any]:
             partitions[node] = partition_id
             validate_upload(cfg, arrays, n_local, d, p, k)
             if cfg.mode in STATISTICS_MODES:
-                g_i, r_i, pre_i = upload_statistics(cfg, fmap, arrays, n_local, d, k)
+                g_i, r_i, c_i = upload_statistics(cfg, fmap, arrays, n_local, d, k)
                 gram += g_i
                 cross += r_i
-                if precond is not None:
-                    precond += pre_i
+                if c_i is not None:
+                    correction += c_i
             else:
                 heads.append(upload_head(cfg, fmap, arrays, k))
         except UploadError as err:
@@ -132,7 +131,7 @@ def run_server(grid: Grid, cfg: Config) -> dict[str, Any]:
             f"rejected {rejected}, missing {missing}, not connected {cfg.num_clients - len(nodes)}"
         )
 
-    path = RidgePath(gram, cross) if cfg.mode in STATISTICS_MODES else None
+    path = RidgePath(gram, cross - correction) if cfg.mode in STATISTICS_MODES else None
     if path is None:
         # Each "ipc" upload reproduces its client's model at the clients' lambda.
         averaged = average_heads(heads)
@@ -149,7 +148,7 @@ def run_server(grid: Grid, cfg: Config) -> dict[str, Any]:
     rounds = []
     if cfg.rounds > 1:
         score = lambda w: accuracy(fmap, w, data.x_test, data.y_test)  # noqa: E731
-        refined, rounds = _refine(grid, cfg, accepted, gram if precond is None else precond, cross, reg, reference, score)
+        refined, rounds = _refine(grid, cfg, accepted, gram, cross, reg, weights, reference, score)
         weights = weights if refined is None else refined
 
     head = dm.KRR.from_weights(fmap, torch.as_tensor(weights), reg, n_features_in=d, n_samples=n_total)
@@ -171,12 +170,14 @@ def run_server(grid: Grid, cfg: Config) -> dict[str, Any]:
         "n_samples": n_total,
         "server_validation_samples": int(server_val.shape[0]),
         "refinement": rounds,
+        "privacy": privacy_report(cfg),
     }
     if central is not None:
         result["centralized_accuracy"] = central.score(data.x_test, data.y_test)
         result["weight_error"] = _relative_error(weights, reference)
         result["centralized_time_s"] = central_s
     result["wall_time_s"] = time.monotonic() - start - central_s
+    logger.info("federated: %s", privacy_log_line(result["privacy"]))
     logger.info(
         "federated: accuracy %.4f (reg %g), %d accepted, %d rejected, %d missing, %d bytes uploaded",
         result["accuracy"], reg, len(accepted), len(rejected), len(missing), result["total_upload_bytes"],
@@ -248,26 +249,27 @@ def _choose_reg(grid, cfg, nodes, weights_of, fmap, data, server_val) -> tuple[f
     return float(REG_GRID[int(np.argmax(scores))]), table
 
 
-def _refine(grid, cfg, nodes, gram, cross, reg, reference, score) -> tuple[np.ndarray | None, list[dict[str, Any]]]:
-    """Preconditioned conjugate gradients on (G + reg I) W^T = R, one product with G per round.
+def _refine(grid, cfg, nodes, gram, cross, reg, start, reference, score) -> tuple[np.ndarray | None, list[dict[str, Any]]]:
+    """Preconditioned conjugate directions on (G + reg I) W^T = R, one product with G per round (docs/math.md, section 11.7).
 
-    Each round every node sends G_i D^T for the server's current direction D
-    (k, p): k rows of p. The preconditioner is the uploaded Gram estimate plus
-    reg I (for "sketch" the estimate with the exact diagonal, a closer one
-    than the one-shot head's); CG starts from 0 and every round improves the
-    iterate in the (G + reg I)-norm. A
-    round that not every node answers stops the refinement (a missing term
-    would bias the step); the last complete iterate is kept. Returns (W or
-    None when no round completed, history with each round's test accuracy
-    by ``score(W)``); ``reference`` (k, p), when given, is the centralized
-    head each round is compared with.
+    M = ``gram`` + reg I (the uploaded Gram estimate) preconditions. Each
+    round every node sends G_i D^T for the server's direction D (k, p): k
+    rows of p. The first direction is the one-shot head ``start`` (k, p), each
+    later one M^-1 of the residual; every direction is made (G + reg I)-
+    conjugate to the earlier ones column by column, so the iterate X is the
+    best combination of all of them in the (G + reg I)-norm, and the head
+    reported after the round is X + M^-1 (R - (G + reg I) X): one more
+    preconditioned step, the next round's direction. A round that not every
+    node answers stops the refinement (a missing term would bias the step);
+    the last complete head is kept. Returns (W or None when no round
+    completed, history with each round's test accuracy by ``score(W)``);
+    ``reference`` (k, p), when given, is the centralized head each round is
+    compared with.
     """
     factor = cho_factor(gram + reg * np.eye(gram.shape[0]))
-    solution = np.zeros_like(cross)
-    residual = cross.copy()
-    preconditioned = cho_solve(factor, residual)
-    direction = preconditioned.copy()
-    rz = np.sum(residual * preconditioned, axis=0)
+    solution, residual = np.zeros_like(cross), cross.copy()
+    direction = start.T.copy()
+    done: list[tuple[np.ndarray, np.ndarray]] = []  # (direction, (G + reg I) direction), conjugate column by column
     weights, history = None, []
     for t in range(1, cfg.rounds):
         content = RecordDict({"config": ConfigRecord(cfg.to_mapping()), "head": ArrayRecord({"weights": Array(direction.T.copy())})})
@@ -278,15 +280,15 @@ def _refine(grid, cfg, nodes, gram, cross, reg, reference, score) -> tuple[np.nd
             history.append({"round": t + 1, "stopped": f"{len(replies)} of {len(nodes)} nodes answered"})
             break
         product = sum(r.content["product"]["gw"].numpy() for r in replies).T + reg * direction  # (G + reg I) D^T
-        curvature = np.sum(direction * product, axis=0)
-        step = np.divide(rz, curvature, out=np.zeros_like(rz), where=curvature > 0)
+        for old, old_product in done:
+            coef = _ratio(np.sum(old * product, axis=0), np.sum(old * old_product, axis=0))
+            direction, product = direction - coef * old, product - coef * old_product
+        done.append((direction, product))
+        step = _ratio(np.sum(direction * residual, axis=0), np.sum(direction * product, axis=0))
         solution += step * direction
         residual -= step * product
-        preconditioned = cho_solve(factor, residual)
-        rz_next = np.sum(residual * preconditioned, axis=0)
-        direction = preconditioned + np.divide(rz_next, rz, out=np.zeros_like(rz), where=rz > 0) * direction
-        rz = rz_next
-        weights = solution.T.copy()
+        direction = cho_solve(factor, residual)
+        weights = (solution + direction).T.copy()
         entry = {
             "round": t + 1,
             "accuracy": score(weights),
@@ -297,6 +299,11 @@ def _refine(grid, cfg, nodes, gram, cross, reg, reference, score) -> tuple[np.nd
             entry["weight_error"] = _relative_error(weights, reference)
         history.append(entry)
     return weights, history
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den column by column, 0 where den is not positive (a direction with no curvature left)."""
+    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
 
 def _relative_error(weights: np.ndarray, reference: np.ndarray) -> float:

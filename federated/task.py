@@ -26,13 +26,17 @@ import distillmem as dm
 from distillmem.data import load_dataset, train_val_split
 from distillmem.files import atomic_write_bytes
 from distillmem.features import FeatureMap, Identity, RandomFCNN, RandomFourier
+from distillmem.features.pretrained import BACKBONES
 from distillmem.sketch import GramSketch
+
+from .privacy import check_privacy_config, count_problem, private_schema, private_upload
 
 MODES = ("moments", "sketch", "ipc", "real", "stats", "means")
 #: Modes whose server-side aggregate is the ridge statistics (G, R).
 STATISTICS_MODES = ("moments", "sketch", "stats", "real", "means")
 PARTITIONS = ("iid", "dirichlet", "pathological")
-FEATURE_MAPS = ("fcnn", "identity", "rff")
+#: Random maps on pixels, then the pretrained backbones (federated/features.py: heads on their features).
+FEATURE_MAPS = ("fcnn", "identity", "rff", *BACKBONES)
 REG_SELECT = ("server", "federated")
 #: Candidates for lambda after the upload (the paper's grid for nonlinear maps).
 REG_GRID: tuple[float, ...] = tuple(10.0 ** (e / 2) for e in range(-12, 12))
@@ -47,7 +51,8 @@ class Config:
     the training split before partitioning) or by a federated evaluation
     round on the clients' held-out splits (``"federated"``). ``max_points``
     caps the rows of an upload (0: the mode's own bound: p for "moments",
-    required for "sketch" and "real").
+    required for "sketch" and "real"); for "sketch" it counts the sketch rows
+    and the k correction rows together (``sketch_layout``).
     """
 
     dataset: str = "digits"
@@ -70,6 +75,11 @@ class Config:
     min_clients: int = 2
     centralized: bool = True
     results_path: str = ""
+    image_size: int = 160
+    feature_cache: str = ""
+    dp_epsilon: float = 0.0
+    dp_delta: float = 1e-5
+    dp_clip: float = 1.0
 
     def __post_init__(self) -> None:
         def bad(key: str, why: str) -> ValueError:
@@ -80,14 +90,14 @@ class Config:
                 raise bad(key, f"must be one of {choices}")
         if self.dataset not in dm.data.DATASETS:
             raise bad("dataset", f"must be one of {dm.data.DATASETS}")
-        for key in ("dataset", "data_path", "results_path"):
+        for key in ("dataset", "data_path", "results_path", "feature_cache"):
             if not isinstance(getattr(self, key), str):
                 raise bad(key, "must be a string")
         if not isinstance(self.centralized, bool):
             raise bad("centralized", "must be true or false")
         for key, low in (
             ("num_clients", 2), ("classes_per_client", 1), ("ipc", 1), ("max_points", 0), ("rounds", 1), ("min_clients", 1),
-            ("seed", 0), ("feature_seed", 0),
+            ("seed", 0), ("feature_seed", 0), ("image_size", 1),
         ):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -114,6 +124,9 @@ class Config:
             raise bad("rounds", "refinement rounds need mode sketch or moments")
         if self.dataset != "digits" and not self.data_path:
             raise bad("data_path", f"dataset {self.dataset!r} needs data-path (a local file or folder)")
+        if self.feature_cache and self.feature_map not in BACKBONES:
+            raise bad("feature_cache", f"caches a pretrained backbone's features; feature-map={self.feature_map!r} is not one of {tuple(BACKBONES)}")
+        check_privacy_config(self)  # dp-epsilon > 0: federated/privacy.py
 
     @property
     def server_validation(self) -> bool:
@@ -171,9 +184,15 @@ class Arrays:
 
 
 @lru_cache(maxsize=4)
+def load_images(dataset: str, data_path: str) -> dm.data.ImageDataset:
+    """The dataset as the engine loads it, images (n, C, H, W); cached per process."""
+    return load_dataset(dataset, data_path or None)
+
+
+@lru_cache(maxsize=4)
 def load_arrays(dataset: str, data_path: str) -> Arrays:
-    """The dataset flattened to rows; cached per process (every worker loads it once)."""
-    data = load_dataset(dataset, data_path or None)
+    """The dataset flattened to rows (sharing memory with ``load_images``); cached per process (every worker loads it once)."""
+    data = load_images(dataset, data_path)
     flat = lambda t: np.ascontiguousarray(t.reshape(t.shape[0], -1).numpy())  # noqa: E731
     return Arrays(flat(data.x_train), data.y_train.numpy(), flat(data.x_test), data.y_test.numpy(), data.n_classes)
 
@@ -187,8 +206,11 @@ def split_training(cfg: Config, n_train: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_feature_map(cfg: Config, in_features: int) -> FeatureMap:
-    """phi from the config: "fcnn" (the paper's random FCNN), "identity" or "rff" (random Fourier, p = d)."""
-    if cfg.feature_map == "identity":
+    """phi from the config: "fcnn" (the paper's random FCNN), "identity" or "rff" (random Fourier, p = d).
+
+    With a pretrained backbone the rows are already its features, so the heads' map is the identity.
+    """
+    if cfg.feature_map == "identity" or cfg.feature_map in BACKBONES:
         return Identity()
     if cfg.feature_map == "rff":
         return RandomFourier(in_features, seed=cfg.feature_seed)
@@ -212,12 +234,26 @@ def local_split(cfg: Config, partition_id: int, n: int) -> tuple[np.ndarray, np.
 # -- client uploads ----------------------------------------------------------------
 
 
+def sketch_layout(cfg: Config, p: int, k: int) -> tuple[int, bool]:
+    """(r, corrected) for mode "sketch": r sketch rows, plus k correction rows when corrected, at most max-points.
+
+    The correction needs the clients' lambda (a number, not "auto") and room
+    for more than its k rows; with max-points >= p the r = p rows are exact
+    and need none.
+    """
+    if cfg.reg == "auto" or cfg.max_points <= k or cfg.max_points >= p:
+        return min(cfg.max_points, p), False
+    return cfg.max_points - k, True
+
+
 def upload_cap(cfg: Config, p: int, k: int) -> int:
-    """The most rows an upload of this config may carry."""
+    """The most rows the variable-length arrays of an upload of this config may carry."""
     if cfg.mode == "ipc":
         return k * cfg.ipc
     if cfg.mode == "moments":
         return min(cfg.max_points or p, p)
+    if cfg.mode == "sketch":
+        return sketch_layout(cfg, p, k)[0]
     return cfg.max_points
 
 
@@ -225,27 +261,34 @@ def make_upload(cfg: Config, fmap: FeatureMap, x: np.ndarray, y: np.ndarray, k: 
     """The arrays one client sends for ``cfg.mode``, from its data x (n, d) float32 and labels y (n,).
 
     - moments: a MomentMemory's points, features (m, p) and targets (m, k), float64, m <= cap.
-    - sketch: exact cross moments (k, p) float64, a frequent-directions sketch (r, p) float32
-      of the Gram, its total shrinkage (1,) and the Gram's exact diagonal (p,), float64.
+    - sketch: exact cross moments (k, p) float64, the Gram's top r eigenpairs as rows (r, p) float32,
+      the bound Delta (1,) and the Gram's exact diagonal (p,), float64, and when ``sketch_layout``
+      says so the local-head correction (k, p) float64 (see distillmem.sketch).
     - stats: the Gram's upper triangle (p (p + 1) / 2,) and the cross moments (k, p), float64.
     - real: r random local points (r, d) float32 with their labels (r,) int64.
     - means: per-class feature means (k, p) float64 and counts (k,) int64.
     - ipc: the paper's distilled set, points (k ipc, d) and targets (k ipc, k), float64, at ``cfg.reg``,
       with the local class counts (k,) int64.
     """
+    if cfg.dp_epsilon > 0:
+        return private_upload(cfg, fmap, x, y, k)
     p = fmap.out_features(x.shape[1])
     if cfg.mode == "moments":
         cap = cfg.max_points if 0 < cfg.max_points < p else None
         memory = dm.MomentMemory(fmap, n_classes=k, max_points=cap).update(x.astype(np.float64), y)
         return {"features": memory.features_.numpy(), "targets": memory.targets_.numpy()}
     if cfg.mode == "sketch":
-        sketch = GramSketch(fmap, n_classes=k, rank=cfg.max_points).update(x.astype(np.float64), y)
-        return {
+        rank, corrected = sketch_layout(cfg, p, k)
+        sketch = GramSketch(fmap, n_classes=k, rank=rank, reg=float(cfg.reg) if corrected else None).update(x.astype(np.float64), y)
+        arrays = {
             "sketch": sketch.sketch_.numpy().astype(np.float32),
             "cross": np.ascontiguousarray(sketch.cross_.numpy().T),
             "shrinkage": np.array([sketch.shrinkage_]),
             "diagonal": sketch.diagonal_.numpy(),
         }
+        if corrected:
+            arrays["correction"] = np.ascontiguousarray(sketch.correction_.numpy().T)
+        return arrays
     if cfg.mode == "real":
         rows = np.random.default_rng([cfg.seed, partition_id, 1]).permutation(x.shape[0])[: cfg.max_points]
         rows.sort()
@@ -299,9 +342,12 @@ class UploadError(ValueError):
 def upload_schema(cfg: Config, d: int, p: int, k: int) -> dict[str, tuple[np.dtype, tuple[int | None, ...]]]:
     """Expected dtype and shape of every array of an upload (None: any length up to the cap)."""
     f64, f32, i64 = np.dtype(np.float64), np.dtype(np.float32), np.dtype(np.int64)
+    sketch = {"sketch": (f32, (None, p)), "cross": (f64, (k, p)), "shrinkage": (f64, (1,)), "diagonal": (f64, (p,))}
+    if cfg.mode == "sketch" and sketch_layout(cfg, p, k)[1]:
+        sketch["correction"] = (f64, (k, p))
     return {
         "moments": {"features": (f64, (None, p)), "targets": (f64, (None, k))},
-        "sketch": {"sketch": (f32, (None, p)), "cross": (f64, (k, p)), "shrinkage": (f64, (1,)), "diagonal": (f64, (p,))},
+        "sketch": sketch,
         "stats": {"gram": (f64, (p * (p + 1) // 2,)), "cross": (f64, (k, p))},
         "real": {"x": (f32, (None, d)), "labels": (i64, (None,))},
         "means": {"means": (f64, (k, p)), "counts": (i64, (k,))},
@@ -311,7 +357,7 @@ def upload_schema(cfg: Config, d: int, p: int, k: int) -> dict[str, tuple[np.dty
 
 def validate_upload(cfg: Config, arrays: dict[str, np.ndarray], n_local: int, d: int, p: int, k: int) -> None:
     """Raise UploadError naming what is wrong: keys, dtype, shape, NaN/Inf, the row cap, labels or counts."""
-    schema = upload_schema(cfg, d, p, k)
+    schema = private_schema(cfg, upload_schema(cfg, d, p, k))
     if set(arrays) != set(schema):
         raise UploadError(f"arrays {sorted(arrays)} do not match mode {cfg.mode!r}, which sends {sorted(schema)}")
     cap = upload_cap(cfg, p, k)
@@ -342,6 +388,8 @@ def validate_upload(cfg: Config, arrays: dict[str, np.ndarray], n_local: int, d:
         energy = float(np.square(arrays["targets"]).sum())
         if energy > n_local * (1 + 1e-6):
             raise UploadError(f"targets carry energy {energy:.6g}, more than n-local={n_local} one-hot labels can")
+    if (problem := count_problem(cfg, arrays, n_local)) is not None:
+        raise UploadError(problem)
     if cfg.mode == "sketch" and arrays["shrinkage"][0] < 0:
         raise UploadError(f"shrinkage {arrays['shrinkage'][0]} is negative")
     if cfg.mode == "ipc" and not arrays["reg"][0] >= 0:
@@ -351,8 +399,8 @@ def validate_upload(cfg: Config, arrays: dict[str, np.ndarray], n_local: int, d:
 def upload_statistics(
     cfg: Config, fmap: FeatureMap, arrays: dict[str, np.ndarray], n_local: int, d: int, k: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """An upload's contribution (G_i (p, p), R_i (p, k)) to the ridge statistics, float64, and for
-    "sketch" the Gram estimate with the exact diagonal (the refinement's preconditioner; else None).
+    """An upload's contribution (G_i (p, p), R_i (p, k)) to the ridge statistics, float64, and for a
+    corrected "sketch" its correction C_i (p, k) (else None): the one-shot head is (G + reg I)^-1 (R - C).
 
     Raises UploadError when a sketch's arrays are not one client's sketch.
     """
@@ -360,14 +408,16 @@ def upload_statistics(
         f, t = arrays["features"], arrays["targets"]
         return f.T @ f, f.T @ t, None
     if cfg.mode == "sketch":
+        corrected = "correction" in arrays
         try:
             sketch = GramSketch.from_arrays(
                 fmap, arrays["sketch"], arrays["cross"].T, float(arrays["shrinkage"][0]), arrays["diagonal"],
-                n_seen=n_local, n_features_in=d,
+                n_seen=n_local, n_features_in=d, correction=arrays["correction"].T if corrected else None,
+                reg=float(cfg.reg) if corrected else None,
             )
         except ValueError as err:
             raise UploadError(str(err)) from None
-        return sketch.gram("shrinkage").numpy(), sketch.cross_.numpy(), sketch.gram("diagonal").numpy()
+        return sketch.gram().numpy(), sketch.cross_.numpy(), sketch.correction_.numpy() if corrected else None
     if cfg.mode == "stats":
         p = arrays["cross"].shape[1]
         gram = np.zeros((p, p))
@@ -447,5 +497,10 @@ def client_partition(cfg: Config, partition_id: int, num_partitions: int, data_p
     pool, parts = training_partitions(cfg, data)
     idx = pool[parts[partition_id]]
     fit, held = local_split(cfg, partition_id, idx.shape[0])
-    x, y = data.x_train[idx], data.y_train[idx]
+    if cfg.feature_map in BACKBONES:
+        from .features import partition_features
+
+        x, y = partition_features(cfg, data_path, idx), data.y_train[idx]
+    else:
+        x, y = data.x_train[idx], data.y_train[idx]
     return x[fit], y[fit], x[held], y[held]
