@@ -8,6 +8,7 @@ from . import data, features
 from .baselines import herding, kip, random_subset
 from .distill import KRRDistiller, distill
 from .distilled_set import DistilledSet
+from .feature_cache import FeatureCache, cached_features
 from .krr import KRR
 from .label_only import distill_labels
 from .memory import MomentMemory
@@ -21,12 +22,14 @@ __version__ = installed_version()
 __all__ = [
     "KRR",
     "DistilledSet",
+    "FeatureCache",
     "KRRDistiller",
     "MomentMemory",
     "GramSketch",
     "Provenance",
     "data",
     "distill",
+    "cached_features",
     "features",
     "herding",
     "kip",
