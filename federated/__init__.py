@@ -40,7 +40,8 @@ def simulate(
     ``options`` are the other run-config keys in snake case (``ipc``,
     ``max_points``, ``classes_per_client``, ``reg_select``, ``val_fraction``,
     ``rounds``, ``deadline_s``, ``min_clients``, ``centralized``,
-    ``results_path``, ``feature_seed``). ``engine="ray"`` uses Flower's
+    ``results_path``, ``feature_seed``, and ``dp_epsilon``, ``dp_delta``,
+    ``dp_clip`` for differential privacy, see ``federated.privacy``). ``engine="ray"`` uses Flower's
     Simulation Engine (one CPU per client, two CPUs in all);
     ``"inprocess"`` runs the same apps in threads of this process, for speed;
     both give the same head. ``client_app`` replaces the project's ClientApp
@@ -48,7 +49,8 @@ def simulate(
     fitted distillmem.KRR), ``accuracy``, ``centralized_accuracy``,
     ``weight_error``, ``reg``, ``upload_bytes`` (one entry per client that
     answered), ``total_upload_bytes``, ``clients`` ({"accepted", "rejected":
-    {node: reason}, "missing", ...}), ``refinement`` (one entry per round) and
+    {node: reason}, "missing", ...}), ``refinement`` (one entry per round), ``privacy`` (epsilon, delta, the
+    bound B, sigma and what the guarantee covers, or {"enabled": False}) and
     ``wall_time_s`` (the server's run without the centralized reference fit,
     which ``centralized_time_s`` reports).
     """

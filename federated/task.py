@@ -52,7 +52,9 @@ class Config:
     round on the clients' held-out splits (``"federated"``). ``max_points``
     caps the rows of an upload (0: the mode's own bound: p for "moments",
     required for "sketch" and "real"); for "sketch" it counts the sketch rows
-    and the k correction rows together (``sketch_layout``).
+    and the k correction rows together (``sketch_layout``). ``dp_epsilon`` > 0
+    turns on differential privacy for "moments", "stats" and "ipc" with
+    ``dp_delta`` and the feature-row bound ``dp_clip`` (federated/privacy.py).
     """
 
     dataset: str = "digits"
