@@ -7,7 +7,10 @@ a nearest-class-mean head) trains on the same features.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+from pathlib import Path
 
 import torch
 from avalanche.benchmarks import nc_benchmark
@@ -15,7 +18,11 @@ from avalanche.benchmarks.scenarios.deprecated.new_classes.nc_scenario import NC
 from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset as tensor_dataset
 
 from distillmem.data import DATASETS, load_dataset
-from distillmem.features import FeatureMap
+from distillmem.feature_cache import cached_features
+from distillmem.features import FeatureMap, Pretrained
+
+#: Images per forward pass of a feature map.
+_CHUNK = 500
 
 
 def split_benchmark(
@@ -27,6 +34,7 @@ def split_benchmark(
     task_labels: bool = False,
     class_order: list[int] | None = None,
     feature_map: FeatureMap | None = None,
+    feature_cache: str | os.PathLike[str] | None = None,
 ) -> NCScenario:
     """Split a dataset into ``n_experiences`` experiences of disjoint classes.
 
@@ -56,6 +64,11 @@ def split_benchmark(
         float32 feature vectors phi(x) of shape (p,) instead of images, computed once for the whole dataset.
         Learners take them with ``Identity(p)`` as their map (``KRRStrategy``, ``NCMStrategy``) or a head of
         input width p (Avalanche's strategies); the results equal those of the map on the images.
+    feature_cache : path, optional
+        A folder of ``distillmem.cached_features`` files, one per dataset, split and map (``cache_file``): the
+        features are read from there when they were computed before and stored there otherwise. A file there
+        made from other images or another map is refused with an error naming what differs, never overwritten.
+        Only with ``feature_map``.
 
     Returns
     -------
@@ -77,9 +90,15 @@ def split_benchmark(
         raise ValueError(f"class_order must be a permutation of 0..{k - 1}, got {class_order!r}")
     if feature_map is not None and not isinstance(feature_map, FeatureMap):
         raise TypeError(f"feature_map must be a distillmem FeatureMap, got {type(feature_map).__name__}")
+    if feature_cache is not None:
+        if feature_map is None:
+            raise ValueError(f"feature_cache={str(feature_cache)!r} is given without a feature_map: nothing to cache")
+        if Path(feature_cache).exists() and not Path(feature_cache).is_dir():
+            raise ValueError(f"feature_cache={str(feature_cache)!r} is not a folder (it keeps one file per split and map)")
     x_train, x_test = dataset.x_train, dataset.x_test
     if feature_map is not None:
-        x_train, x_test = _featurize(feature_map, dataset.x_train), _featurize(feature_map, dataset.x_test)
+        x_train, x_test = (_features(feature_map, x, name, split, feature_cache)
+                           for split, x in (("train", x_train), ("test", x_test)))
     base, extra = divmod(k, n_experiences)
     per_exp = {i: base + (1 if i < extra else 0) for i in range(n_experiences)}
     train = tensor_dataset(x_train, dataset.y_train, task_labels=0)
@@ -96,11 +115,34 @@ def split_benchmark(
     )
 
 
-def _featurize(feature_map: FeatureMap, x: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+
+def cache_file(folder: str | os.PathLike[str], dataset: str, split: str, feature_map: FeatureMap) -> Path:
+    """The file of a split's features under a map in a cache folder: ``<dataset>-<split>-<map>.dmf``.
+
+    ``<map>`` is ``<backbone>-<image size>`` for ``Pretrained`` and ``<name>-<sha256 of the spec, 12 digits>``
+    otherwise. The name only finds the file: its contents are checked against the images and the map's spec.
+    """
+    if isinstance(feature_map, Pretrained):
+        tag = f"{feature_map.backbone_name}-{feature_map.image_size}"
+    else:
+        spec = json.dumps(feature_map.spec(), sort_keys=True).encode()
+        tag = f"{feature_map.name}-{hashlib.sha256(spec).hexdigest()[:12]}"
+    return Path(folder) / f"{dataset}-{split}-{tag}.dmf"
+
+
+def _features(
+    feature_map: FeatureMap, x: torch.Tensor, dataset: str, split: str, cache: str | os.PathLike[str] | None
+) -> torch.Tensor:
+    """phi(x) (n, p) float32, x (n, C, H, W); through the cache folder when given."""
     flat = x.reshape(x.shape[0], -1)
     try:
         feature_map.check_input(flat[:1])
     except ValueError as err:
         raise ValueError(f"feature_map {feature_map!r} does not fit the images of shape {tuple(x.shape[1:])}: {err}") from None
-    with torch.inference_mode():
-        return torch.cat([feature_map(flat[i : i + chunk]).to(torch.float32) for i in range(0, len(flat), chunk)])
+    if cache is None:
+        with torch.inference_mode():
+            return torch.cat([feature_map(flat[i : i + _CHUNK]) for i in range(0, len(flat), _CHUNK)]).to(torch.float32)
+    Path(cache).mkdir(parents=True, exist_ok=True)
+    path = cache_file(cache, dataset, split, feature_map)
+    # The images as the loader gives them, (n, C, H, W): their shape is part of the cache's key.
+    return cached_features(feature_map, x, path, chunk_size=_CHUNK, dataset=f"{dataset}-{split}").to(torch.float32)

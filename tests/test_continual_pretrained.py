@@ -7,6 +7,8 @@ EfficientNet map itself is tested in tests/test_pretrained.py.
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -14,6 +16,7 @@ pytest.importorskip("avalanche")
 
 import distillmem as dm  # noqa: E402
 from continual import KRRStrategy, NCMStrategy, split_benchmark  # noqa: E402
+from continual.benchmarks import cache_file  # noqa: E402
 from continual.data import ExperienceData, read_experience  # noqa: E402
 
 pytestmark = [
@@ -130,7 +133,48 @@ def test_ncm_refuses_bad_input_and_keeps_its_state(feature_data):
     assert torch.equal(ncm.sums_, sums)
 
 
-def test_feature_benchmark_refuses_bad_arguments():
+def counting(fmap: dm.features.FeatureMap) -> list[int]:
+    """Rows passed to ``fmap`` from now on, one entry per call."""
+    calls: list[int] = []
+    forward = fmap.forward
+    fmap.forward = lambda x: (calls.append(len(x)), forward(x))[1]
+    return calls
+
+
+def test_feature_cache_computes_once_then_reads(tmp_path, features):
+    fmap = dm.features.RandomFCNN(64, seed=3)  # the fixture's map, rebuilt: the same spec, so the same files
+    calls = counting(fmap)
+    first = split_benchmark("digits", n_experiences=5, seed=1, feature_map=fmap, feature_cache=tmp_path / "cache")
+    assert sum(calls) == 1437 + 360
+    files = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert files == sorted(cache_file(tmp_path / "cache", "digits", split, fmap).name for split in ("train", "test"))
+    again = split_benchmark("digits", n_experiences=5, seed=1, feature_map=fmap, feature_cache=tmp_path / "cache")
+    assert sum(calls) == 1437 + 360  # read back, not recomputed
+    for bench in (first, again):
+        for cached, direct in zip(bench.train_stream, features.train_stream):
+            assert torch.equal(read_experience(cached.dataset).x, read_experience(direct.dataset).x)
+
+
+def test_feature_cache_of_other_images_or_another_map_is_refused(tmp_path):
+    fmap, other = dm.features.RandomFCNN(64, seed=3), dm.features.RandomFCNN(64, seed=4)
+    split_benchmark("digits", feature_map=fmap, feature_cache=tmp_path)
+    train, test = (cache_file(tmp_path, "digits", split, fmap) for split in ("train", "test"))
+    shutil.copy(train, test)  # the test split's file now holds the training images' features
+    with pytest.raises(ValueError, match="made from other inputs: the data differ"):
+        split_benchmark("digits", feature_map=fmap, feature_cache=tmp_path)
+    for split in ("train", "test"):
+        shutil.copy(train, cache_file(tmp_path, "digits", split, other))
+    with pytest.raises(ValueError, match="feature map differs.*seed: cached 3, given 4"):
+        split_benchmark("digits", feature_map=other, feature_cache=tmp_path)
+    assert dm.FeatureCache.load(cache_file(tmp_path, "digits", "test", other)).feature_map_spec == fmap.spec()
+
+
+def test_feature_benchmark_refuses_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="feature_cache=.* without a feature_map"):
+        split_benchmark("digits", feature_cache=tmp_path)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="feature_cache=.*file.* is not a folder"):
+        split_benchmark("digits", feature_map=dm.features.RandomFCNN(64, seed=0), feature_cache=tmp_path / "file")
     with pytest.raises(TypeError, match="feature_map must be a distillmem FeatureMap"):
         split_benchmark("digits", feature_map=torch.nn.Identity())
     with pytest.raises(ValueError, match="does not fit|expects inputs"):
