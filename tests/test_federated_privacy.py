@@ -103,7 +103,7 @@ def test_noisy_uploads_pass_the_same_validation_and_tampering_is_caught(client, 
     cfg = _cfg(mode=mode, **extra)
     arrays = make_upload(cfg, Identity(), x, y, K, 0)
     n_local = node_count(arrays, N)
-    assert n_local == released_count(arrays["count"][0]) and n_local != N or arrays["count"][0] == N
+    assert n_local == released_count(arrays["count"][0]) == max(1, round(float(arrays["count"][0])))  # the noisy count, not N
     validate_upload(cfg, arrays, n_local, D, D, K)
     gram, cross, _ = upload_statistics(cfg, Identity(), arrays, n_local, D, K)
     assert np.allclose(gram, gram.T) and cross.shape == (D, K)
