@@ -12,8 +12,9 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from .features import upload_spec
 from .privacy import node_count
-from .task import Config, client_partition, load_arrays, make_feature_map, make_upload, refine_upload, score_candidates, spec_json
+from .task import Config, client_partition, load_arrays, make_feature_map, make_upload, refine_upload, score_candidates
 
 app = ClientApp()
 
@@ -38,7 +39,7 @@ def upload(msg: Message, context: Context) -> Message:
     meta = ConfigRecord(
         {
             "mode": cfg.mode,
-            "feature-map": spec_json(fmap),
+            "feature-map": upload_spec(cfg, fmap, str(context.node_config.get("data-path", cfg.data_path))),
             "n-local": node_count(arrays, int(x.shape[0])),  # the noisy count under dp-epsilon
             "partition-id": partition_id,
         }

@@ -55,6 +55,9 @@ class Config:
     and the k correction rows together (``sketch_layout``). ``dp_epsilon`` > 0
     turns on differential privacy for "moments", "stats" and "ipc" with
     ``dp_delta`` and the feature-row bound ``dp_clip`` (federated/privacy.py).
+    A ``feature_map`` naming a pretrained backbone runs it at ``image_size``
+    pixels and fits the heads on its features, through the feature cache
+    folder ``feature_cache`` when given (federated/features.py).
     """
 
     dataset: str = "digits"
