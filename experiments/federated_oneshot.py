@@ -152,12 +152,17 @@ def _code_version() -> str:
     return commit + ("+changes" if git("status", "--porcelain", "--", "federated", "distillmem") else "")
 
 
-def merge(paths: list[Path]) -> dict:
+def merge(paths: list[Path], drop: list[str] = ()) -> dict:
     """One result from the JSON of runs that measured other seeds or partitions of the same setup.
 
-    Lets the seeds run as separate processes; each part's command and machine are kept under ``parts``.
+    Lets the seeds run as separate processes; each part's command and machine are kept under ``parts``
+    (an input that is itself a merge brings its own parts). Runs of the methods in ``drop`` are left
+    out (for instance methods whose code changed since they were measured).
     """
     parts = [json.loads(Path(p).read_text()) for p in paths]
+    unknown = set(drop) - {run["method"] for part in parts for run in part["runs"]}
+    if unknown:
+        raise SystemExit(f"--drop: no input has runs of {sorted(unknown)}")
     same = ("dataset", "n_train", "n_test", "clients", "reg", "feature_map", "engine", "threads")
     first = parts[0]
     fedavg = [part["setup"]["fedavg"] for part in parts if part["setup"]["fedavg"]["rounds"] > 0]
@@ -169,13 +174,27 @@ def merge(paths: list[Path]) -> dict:
             raise SystemExit(f"--merge {path}: FedAvg setup {part['setup']['fedavg']!r} differs from {fedavg[0]!r}")
         if part["centralized"]["accuracy"] != first["centralized"]["accuracy"]:
             raise SystemExit(f"--merge {path}: centralized accuracy differs from the first part's")
+    provenance, replaced, offsets = [], [], []
+    for part in parts:
+        offsets.append(len(provenance))
+        if "parts" in part:  # itself a merge: its parts and re-measurements, renumbered
+            replaced += [{**r, "part": r["part"] + offsets[-1], "by": r["by"] + offsets[-1]} for r in part.get("replaced", [])]
+            provenance += part["parts"]
+        else:
+            provenance.append({"code": part.get("code", "not recorded"), **{k: part[k] for k in ("command", "machine", "load_average")}})
     # A later part's run replaces an earlier part's run of the same (method, partition, seed): a re-measurement.
-    latest, replaced = {}, []
+    latest = {}
     for i, part in enumerate(parts):
         for run in part["runs"]:
+            if run["method"] in drop:
+                continue
             key = (run["method"], run["partition"], run["seed"])
             if key in latest:
-                replaced.append({"method": key[0], "partition": key[1], "seed": key[2], "part": latest[key][0], "by": i})
+                if "parts" in parts[latest[key][0]] or "parts" in part:
+                    raise SystemExit(f"--merge: {key} is measured again, and one side is a merged input: --drop the method "
+                                     "or merge the original parts")
+                replaced.append({"method": key[0], "partition": key[1], "seed": key[2], "part": offsets[latest[key][0]],
+                                 "by": offsets[i]})
             latest[key] = (i, run)
     runs = [run for _, run in latest.values()]
     fed = [(f["partition"], f["seed"]) for part in parts for f in part["fedavg"]]
@@ -189,9 +208,9 @@ def merge(paths: list[Path]) -> dict:
         "centralized": first["centralized"],
         "runs": runs,
         "fedavg": [f for part in parts for f in part["fedavg"]],
-        "parts": [{"code": part.get("code", "not recorded"), **{k: part[k] for k in ("command", "machine", "load_average")}}
-                  for part in parts],
+        "parts": provenance,
         "replaced": replaced,
+        "dropped": {"methods": sorted(set(drop)), "runs": sum(run["method"] in drop for part in parts for run in part["runs"])},
     }
 
 
@@ -208,7 +227,8 @@ def summary(payload: dict) -> dict[str, dict[str, dict]]:
     table: dict[str, dict[str, dict]] = {}
     for cell in payload["setup"]["partitions"]:
         rows = {}
-        for label in dict.fromkeys(r["method"] for r in payload["runs"]):
+        order = list(METHODS)
+        for label in sorted(dict.fromkeys(r["method"] for r in payload["runs"]), key=lambda m: order.index(m) if m in order else len(order)):
             runs = [r for r in payload["runs"] if r["method"] == label and r["partition"] == cell]
             if not runs:
                 continue
@@ -337,6 +357,9 @@ def markdown(payload: dict) -> str:
         *([f"Re-measured (a later part replaced an earlier one's run): " + "; ".join(
             f"{r['method']}, {r['partition']}, seed {r['seed']}: part {r['part']} by part {r['by']}" for r in payload["replaced"]) + ".", ""]
           if payload.get("replaced") else []),
+        *([f"Left out when merging: {payload['dropped']['runs']} runs of "
+           + ", ".join(f"`{m}`" for m in payload["dropped"]["methods"]) + " (measured by earlier code).", ""]
+          if payload.get("dropped", {}).get("runs") else []),
         f"{setup['n_train']:,} training points split over {setup['clients']} clients, {setup['n_test']:,} test points; "
         f"FCNN features (`RandomFCNN(d, seed=0)`), "
         f"λ = {setup['reg']:g}; seeds {setup['seeds']}. One-shot runs use the app's in-process engine "
@@ -391,8 +414,8 @@ def readme(payload: dict) -> str:
         f"{setup['dataset']}, {setup['clients']} clients, FCNN features, λ = {setup['reg']:g}, "
         f"{len(setup['seeds'])} seed(s); centralized KRR {100 * payload['centralized']['accuracy']:.2f}%; "
         "accuracy (%) as seed mean ± std and bytes per client. "
-        + (f"Measured with `{payload['parts'][0]['command']}` and {len(payload['parts']) - 1} more runs of the script "
-           "for other seeds and methods, merged with `--merge` (every command in the result's .md)"
+        + (f"Measured by {len(payload['parts'])} runs of `experiments/federated_oneshot.py` for different seeds and "
+           "methods, merged with `--merge` (every command in the result's .md)"
            if "parts" in payload else f"Measured with `{payload['command']}`")
         + f" on the app's in-process engine; {payload['machine']}.",
         "",
@@ -477,6 +500,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads (default: 1; faster on a busy machine)")
     parser.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
                         help="measure nothing: combine results of this script that hold other seeds or partitions")
+    parser.add_argument("--drop", nargs="+", default=[], metavar="METHOD",
+                        help="with --merge: leave out the inputs' runs of these methods (e.g. measured by older code)")
     parser.add_argument("--name", default=None, help="result name (default: federated_<dataset>_<clients>c, "
                         "with _<partition> when only one is measured)")
     args = parser.parse_args(argv)
@@ -484,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
         harness.require_data(parser, args, args.dataset)
     name = args.name or f"federated_{args.dataset}_{args.clients}c" + (f"_{args.partitions[0]}" if len(args.partitions) == 1 else "")
     report = harness.Report(__file__, name, args.out, argv)
-    code = report.run(args.report_only, lambda: merge(args.merge) if args.merge else measure(args), markdown, readme)
+    code = report.run(args.report_only, lambda: merge(args.merge, args.drop) if args.merge else measure(args), markdown, readme)
     if not args.report_only:
         for path in plot(report.load(), args.out, name):
             print(f"wrote {path}")
