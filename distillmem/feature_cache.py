@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ class FeatureCache:
     feature_map_spec: dict[str, Any]
     data: dict[str, Any]  # {"sha256": str, "shape": [n, ...], "dtype": str}
     dataset: str | None = None
+    compute_seconds: float | None = None  # wall time of the computation that made the file
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FeatureCache":
@@ -61,7 +63,8 @@ class FeatureCache:
                 f"{path} holds features of shape {tuple(features.shape)} and dtype {features.dtype}, expected "
                 f"floating (n={meta['data']['shape'][0]}, p)"
             )
-        return cls(features, meta["feature_map"], meta["data"], meta.get("dataset"))
+        seconds = meta.get("compute_seconds")
+        return cls(features, meta["feature_map"], meta["data"], meta.get("dataset"), None if seconds is None else float(seconds))
 
     def mismatch(self, feature_map_spec: dict[str, Any], data: dict[str, Any]) -> str | None:
         """Why this cache does not hold the features of ``data`` under that map, or None if it does."""
@@ -119,8 +122,12 @@ def cached_features(
                 f"the feature cache {path} was made from other inputs: {reason}. Pass refresh=True to recompute "
                 "and replace it, or choose another path"
             )
+    start = time.perf_counter()
     features = _compute(feature_map, as_samples(x), chunk_size, progress, resolve_device(device), dataset)
-    meta = {"feature_map": spec, "data": data, "dataset": dataset, "distillmem_version": installed_version()}
+    meta = {
+        "feature_map": spec, "data": data, "dataset": dataset, "compute_seconds": time.perf_counter() - start,
+        "distillmem_version": installed_version(),
+    }
     write_container(path, {"features": features}, meta, kind=FORMAT, version=FORMAT_VERSION, order=_TENSORS)
     return features
 

@@ -45,7 +45,7 @@ def test_computed_in_chunks_once_then_loaded_without_recomputing(tmp_path, image
     assert calls == []
     assert torch.equal(first, second)
     cache = FeatureCache.load(path)
-    assert cache.dataset == "toy" and cache.feature_map_spec == fcnn.spec()
+    assert cache.dataset == "toy" and cache.feature_map_spec == fcnn.spec() and cache.compute_seconds > 0
     assert cache.data == data_identity(images) and cache.data["shape"] == [23, 1, 4, 4]
 
 
