@@ -16,7 +16,7 @@ from .strategy import KRRStrategy
 
 FORMAT = "distillmem.continual.KRRMemory"
 FORMAT_VERSION = "1"
-_TENSORS = {"moments": ("features", "targets"), "sketch": ("sketch", "cross", "diagonal"), "per-class": ("x", "y", "labels")}
+_TENSORS = {"moments": ("features", "targets"), "sketch": ("sketch", "cross", "diagonal", "correction"), "per-class": ("x", "y", "labels")}
 
 
 def save_memory(strategy: KRRStrategy, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
@@ -36,7 +36,8 @@ def save_memory(strategy: KRRStrategy, path: str | os.PathLike[str], *, overwrit
         tensors = {"features": memory.features_, "targets": memory.targets_}
         extra = {"n_seen": memory.n_seen_, "n_features_in": memory.n_features_in_}
     elif strategy.memory_kind == "sketch":
-        tensors = {"sketch": memory.sketch_, "cross": memory.cross_, "diagonal": memory.diagonal_}
+        tensors = {"sketch": memory.sketch_, "cross": memory.cross_, "diagonal": memory.diagonal_,
+                   "correction": memory.correction_}
         extra = {"n_seen": memory.n_seen_, "n_features_in": memory.n_features_in_, "shrinkage": memory.shrinkage_}
     else:
         tensors = {"x": memory.x, "y": memory.y, "labels": memory.labels}
@@ -89,6 +90,7 @@ def load_memory(strategy: KRRStrategy, path: str | os.PathLike[str]) -> KRRStrat
         memory = GramSketch.from_arrays(
             strategy.feature_map, tensors["sketch"], tensors["cross"], float(meta["shrinkage"]), tensors["diagonal"],
             n_seen=int(meta["n_seen"]), n_features_in=int(meta["n_features_in"]), rank=strategy.max_points,
+            correction=tensors["correction"], reg=float(meta["reg"]),
         )
         weights = memory.fit_krr(float(meta["reg"])).weights_
     else:

@@ -55,9 +55,10 @@ class KRRStrategy(SupervisedTemplate):
       stream. ``max_points=r`` keeps at most r points (``shrink`` as in
       MomentMemory), trading exactness for size.
     - ``"sketch"``: ``memory`` is a ``distillmem.sketch.GramSketch``: the
-      cross moments Phi^T T (p, k) exactly and a frequent-directions sketch of
-      the Gram with ``max_points`` rows (its shrinkage added back), so only the
-      Gram is compressed; exact when ``max_points`` is None.
+      cross moments Phi^T T (p, k) and the Gram's diagonal exactly, the top
+      ``max_points`` eigenpairs of the Gram, and the correction (p, k) of the
+      heads at ``reg`` that each truncation changed, so only the Gram is
+      compressed; exact when ``max_points`` is None.
     - ``"per-class"``: the paper's per-class set, for comparison: after each
       experience KRR is refitted on the set plus the new data and distilled
       again to ``ipc`` points per class seen (``memory`` is that
@@ -182,7 +183,9 @@ class KRRStrategy(SupervisedTemplate):
             weights = memory.fit_krr(reg).weights_
             classes: tuple[int, ...] = ()
         elif self.memory_kind == "sketch":
-            fresh = GramSketch(self.feature_map, k, rank=self.max_points, device=self.device).update(x, data.y)
+            # reg: the sketch keeps the correction of the heads it truncates under, at the strategy's lambda.
+            fresh = GramSketch(self.feature_map, k, rank=self.max_points, reg=float(self.reg), device=self.device)
+            fresh.update(x, data.y)
             # merge returns a new sketch: the current one is untouched if anything fails.
             memory = fresh if self.memory is None else self.memory.merge(fresh)
             reg = float(self.reg)
