@@ -11,12 +11,15 @@ eigenvalue, so with Delta = sum_t delta_t
 
     0 <= G - B^T B <= Delta I.
 
-The estimate of G is B^T B plus the exact diagonal of what was dropped,
-G_hat = B^T B + diag(G - B^T B). With ``reg`` set, the sketch also keeps a
+Two estimates of G: "diagonal", B^T B plus the exact diagonal of what was
+dropped, G_hat = B^T B + diag(G - B^T B), and "shrinkage", B^T B + (Delta / 2) I,
+the middle of the interval above. With ``reg`` set, the sketch also keeps a
 correction C = sum_t (D_t - diag D_t) W_t (p, k), W_t the head of the state
 just before truncation t; since G - G_hat = sum_t (D_t - diag D_t), the head
-(G_hat + lambda I)^-1 (R - C) reproduces most of what the truncation lost
-(docs/math.md, section 11.7). Sketches of disjoint data merge: R, diag(G),
+(G_hat + lambda I)^-1 (R - C) reproduces most of what the truncation lost.
+Without a correction the head uses "shrinkage", whose error stays within
++-Delta/2; "diagonal" alone leaves the dropped directions' off-diagonal
+energy out (docs/math.md, section 11.7). Sketches of disjoint data merge: R, diag(G),
 Delta and C add, and the stacked rows are truncated once more, the part that
 drops handled as in an update.
 """
@@ -32,6 +35,8 @@ from ._stats import checked_features, iter_array_chunks, iter_batches
 from ._validation import as_samples, as_targets, check_data_args, check_int, check_real, resolve_device
 from .features import FeatureMap
 from .krr import KRR
+
+ESTIMATES = ("diagonal", "shrinkage")
 
 
 class GramSketch:
@@ -230,16 +235,27 @@ class GramSketch:
         return merged
 
     # -- using the sketch -------------------------------------------------------
-    def gram(self) -> torch.Tensor:
-        """G_hat = B^T B + diag(G - B^T B), (p, p) float64: exact off the dropped directions, exact diagonal."""
+    def gram(self, estimate: str = "diagonal") -> torch.Tensor:
+        """The estimate of G, (p, p) float64: B^T B + diag(G - B^T B) ("diagonal") or B^T B + (Delta / 2) I ("shrinkage")."""
         self._check_fitted()
-        return _estimate(self.sketch_.T @ self.sketch_, self.diagonal_)
+        if estimate not in ESTIMATES:
+            raise ValueError(f"estimate must be one of {ESTIMATES}, got {estimate!r}")
+        low = self.sketch_.T @ self.sketch_
+        if estimate == "diagonal":
+            return _estimate(low, self.diagonal_)
+        low.diagonal().add_(self.shrinkage_ / 2)
+        return low
+
+    @property
+    def head_estimate(self) -> str:
+        """The estimate ``fit_krr`` uses: "diagonal" with a correction, "shrinkage" without."""
+        return "shrinkage" if self.correction_ is None else "diagonal"
 
     def fit_krr(self, reg: float) -> KRR:
-        """The KRR head W^T = (G_hat + reg I)^-1 (R - C) (C = 0 without ``reg``); exact when Delta = 0."""
+        """The KRR head W^T = (gram(head_estimate) + reg I)^-1 (R - C) (C = 0 without ``reg``); exact when Delta = 0."""
         self._check_fitted()
         reg = check_real(reg, "reg", minimum=0.0)
-        weights_t = _ridge(self.gram(), self._corrected_cross(), reg)
+        weights_t = _ridge(self.gram(self.head_estimate), self._corrected_cross(), reg)
         return KRR.from_weights(
             self.feature_map, weights_t.T, reg, n_features_in=self.n_features_in_, n_samples=self.n_seen_,
             chunk_size=self.chunk_size, device=self.device,

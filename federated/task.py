@@ -406,6 +406,7 @@ def upload_statistics(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """An upload's contribution (G_i (p, p), R_i (p, k)) to the ridge statistics, float64, and for a
     corrected "sketch" its correction C_i (p, k) (else None): the one-shot head is (G + reg I)^-1 (R - C).
+    A sketch's G_i is the estimate its head uses (``GramSketch.head_estimate``).
 
     Raises UploadError when a sketch's arrays are not one client's sketch.
     """
@@ -422,7 +423,7 @@ def upload_statistics(
             )
         except ValueError as err:
             raise UploadError(str(err)) from None
-        return sketch.gram().numpy(), sketch.cross_.numpy(), sketch.correction_.numpy() if corrected else None
+        return sketch.gram(sketch.head_estimate).numpy(), sketch.cross_.numpy(), sketch.correction_.numpy() if corrected else None
     if cfg.mode == "stats":
         p = arrays["cross"].shape[1]
         gram = np.zeros((p, p))

@@ -138,7 +138,8 @@ def test_from_arrays_round_trip_and_errors():
     sk = GramSketch(Identity(), n_classes=4, rank=7, reg=0.5).update(x, y)
     arrays = (sk.sketch_.numpy(), sk.cross_.numpy(), sk.shrinkage_, sk.diagonal_.numpy())
     back = GramSketch.from_arrays(Identity(), *arrays, n_seen=sk.n_seen_, n_features_in=30, correction=sk.correction_, reg=0.5)
-    assert torch.allclose(back.gram(), sk.gram(), atol=1e-10)
+    for estimate in ("diagonal", "shrinkage"):
+        assert torch.allclose(back.gram(estimate), sk.gram(estimate), atol=1e-10)
     assert torch.allclose(back.correction_, sk.correction_, atol=0)
     assert torch.allclose(back.fit_krr(0.5).weights_, sk.fit_krr(0.5).weights_, atol=1e-10)
     assert back.shrinkage_ == sk.shrinkage_ and back.nbytes == sk.nbytes == (7 * 30 + 2 * 30 * 4 + 30 + 1) * 8
@@ -163,6 +164,21 @@ def test_from_arrays_round_trip_and_errors():
         GramSketch.from_arrays(Identity(), *arrays, n_seen=1, n_features_in=30, correction=sk.correction_ * float("inf"), reg=0.5)
     with pytest.raises(ValueError, match="needs the reg"):
         GramSketch.from_arrays(Identity(), *arrays, n_seen=1, n_features_in=30, correction=sk.correction_)
+
+
+def test_without_a_correction_the_head_uses_the_shrinkage_estimate():
+    x, y = _data()
+    sk = GramSketch(Identity(), n_classes=4, rank=5).update(x, y)
+    g = sk.sketch_.T @ sk.sketch_
+    assert sk.head_estimate == "shrinkage" and sk.shrinkage_ > 0
+    assert torch.allclose(sk.gram("shrinkage"), g + sk.shrinkage_ / 2 * torch.eye(30, dtype=torch.float64), atol=0)
+    assert torch.allclose(sk.fit_krr(0.1).weights_, _ridge(g, sk.cross_, sk.shrinkage_ / 2 + 0.1).T, atol=1e-10)
+    corrected = GramSketch(Identity(), n_classes=4, rank=5, reg=0.1).update(x, y)
+    assert corrected.head_estimate == "diagonal"
+    assert torch.allclose(corrected.fit_krr(0.1).weights_, _ridge(corrected.gram("diagonal"), sk.cross_ - corrected.correction_, 0.1).T,
+                          atol=1e-10)
+    with pytest.raises(ValueError, match="estimate must be one of"):
+        sk.gram("trace")
 
 
 def test_the_estimate_restores_the_exact_diagonal():
