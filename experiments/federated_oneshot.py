@@ -41,6 +41,7 @@ METHODS: dict[str, tuple[str, dict]] = {
     # Sketch labels give max-points, the rows a client sends: r eigen-rows, plus k correction rows when they fit.
     "sketch 1 row (r=1)": ("sketch", {"max_points": 1}),
     "sketch 10 rows (r=10)": ("sketch", {"max_points": 10}),
+    "sketch 20 rows (r=10 + k)": ("sketch", {"max_points": 20}),
     "sketch 100 rows (r=90 + k)": ("sketch", {"max_points": 100}),
     "sketch 100 rows (r=90 + k), 5 rounds": ("sketch", {"max_points": 100, "rounds": 5}),
     "moments r=100 (truncated)": ("moments", {"max_points": 100}),
@@ -59,9 +60,9 @@ REFINE_GAP = 0.1
 REFINED, ONE_SHOT_OF_REFINED = "sketch 100 rows (r=90 + k), 5 rounds", "sketch 100 rows (r=90 + k)"
 SMALL = (ONE_SHOT_OF_REFINED,)  # the "at most 100 points per client plus k rows of cross moments" upload
 #: One-shot uploads compared with means, head averaging and FedAvg: the ones nearest their bytes, and SMALL.
-COMPARED = ("sketch 1 row (r=1)", "sketch 10 rows (r=10)", *SMALL)
+COMPARED = ("sketch 1 row (r=1)", "sketch 10 rows (r=10)", "sketch 20 rows (r=10 + k)", *SMALL)
 #: One-shot uploads of at most 100 points (rows) per client, besides k rows of cross moments or class means.
-AT_MOST_100 = ("sketch 1 row (r=1)", "sketch 10 rows (r=10)", ONE_SHOT_OF_REFINED,
+AT_MOST_100 = ("sketch 1 row (r=1)", "sketch 10 rows (r=10)", "sketch 20 rows (r=10 + k)", ONE_SHOT_OF_REFINED,
                "moments r=100 (truncated)", "real r=100", "means (FedNCM)", "head averaging, ipc=1", "head averaging, ipc=10")
 
 
