@@ -146,6 +146,11 @@ def test_loader_normalised_images_give_the_features_of_tf_scaled_raw_images(lite
     assert features.shape == (4, 1280) and features.dtype == torch.float32
     torch.testing.assert_close(features, expected, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(lite0(x), features)  # (n, C, H, W) images as well as flat rows
+    lite0.batch_size = 3  # passes of 3 and 1 images, the same features
+    try:
+        torch.testing.assert_close(lite0(x), features, rtol=1e-4, atol=1e-4)
+    finally:
+        lite0.batch_size = 8
     torch.testing.assert_close(lite0(x.reshape(4, -1).double()), features.double(), rtol=1e-4, atol=1e-4)
 
 
@@ -229,6 +234,8 @@ def test_bad_arguments_are_named():
         Pretrained(image_shape=(1, 8, 8), std=(0.0,))
     with pytest.raises(ValueError, match="image_size"):
         Pretrained(image_size=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        Pretrained(batch_size=0)
 
 
 def test_wrong_input_shape_is_refused(lite0):
