@@ -23,7 +23,7 @@ from .data import ExperienceData, check_fits, read_experience
 
 @dataclass(frozen=True)
 class DistilledGroup:
-    """The distilled points of one experience: ``ipc`` per class, with its classes and task label.
+    """The distilled points of one experience: ``ipc`` per class, with its classes, task label and KRR head.
 
     ``distilled`` works in local class ids 0..len(classes)-1 (its KRR head is
     the experience's, on the experience's classes); ``classes`` maps them to
@@ -33,6 +33,7 @@ class DistilledGroup:
     distilled: dm.DistilledSet
     classes: tuple[int, ...]
     task_label: int
+    head: dm.KRR  # the experience's KRR head, which every re-distillation of the group keeps
 
     @property
     def ipc(self) -> int:
@@ -94,8 +95,13 @@ class DistilledBuffer(ExemplarsBuffer):
         Width of ``soft_targets``; default the largest class id seen + 1.
     soft_targets_in_batch : bool
         Return ``soft_targets`` as a fourth item of each sample.
+    fit_samples : int, optional
+        Fit each experience's KRR head on at most this many samples per class,
+        drawn at random (only those are read; the checks for non-finite
+        inputs then cover only them). The points reproduce the head of that
+        class-balanced sample, not of the whole experience. Default: all samples.
     seed : int
-        Seeds the choice of real points.
+        Seeds the choice of real points and of the ``fit_samples`` sample.
 
     Attributes
     ----------
@@ -116,6 +122,7 @@ class DistilledBuffer(ExemplarsBuffer):
         soft_labels: bool = True,
         n_classes: int | None = None,
         soft_targets_in_batch: bool = False,
+        fit_samples: int | None = None,
         seed: int = 0,
     ) -> None:
         _check_positive_int(max_size, "max_size")
@@ -129,6 +136,8 @@ class DistilledBuffer(ExemplarsBuffer):
             raise ValueError(f'init must be "real" or "noise", got {init!r}')
         if n_classes is not None:
             _check_positive_int(n_classes, "n_classes")
+        if fit_samples is not None:
+            _check_positive_int(fit_samples, "fit_samples")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an integer, got {seed!r}")
         super().__init__(max_size)
@@ -138,6 +147,7 @@ class DistilledBuffer(ExemplarsBuffer):
         self.soft_labels = bool(soft_labels)
         self.n_classes = n_classes
         self.soft_targets_in_batch = bool(soft_targets_in_batch)
+        self.fit_samples = fit_samples
         self.seed = seed
         self.groups: list[DistilledGroup] = []
         self.input_shape: tuple[int, ...] | None = None
@@ -165,7 +175,7 @@ class DistilledBuffer(ExemplarsBuffer):
         sample may have another label. On any error the buffer is unchanged.
         """
         start = time.perf_counter()
-        data = read_experience(dataset, classes=classes)
+        data = self._read(dataset, classes)
         self._check_fits(data)
         exp_classes = tuple(int(c) for c in torch.unique(data.y).tolist())
         if self.n_classes is not None and exp_classes[-1] >= self.n_classes:
@@ -217,6 +227,20 @@ class DistilledBuffer(ExemplarsBuffer):
             )
         return max_size // n_groups
 
+    def _read(self, dataset: Any, classes: Sequence[int] | None) -> ExperienceData:
+        """The experience's samples: all, or ``fit_samples`` per class at random (reading only those)."""
+        if self.fit_samples is None:
+            return read_experience(dataset, classes=classes)
+        gen = torch.Generator().manual_seed(self.seed + _SAMPLE_STRIDE * len(self.groups))
+        targets = getattr(dataset, "targets", None)
+        if targets is None or not hasattr(dataset, "subset"):
+            data = read_experience(dataset, classes=classes)
+            pick = _balanced_sample(data.y, self.fit_samples, gen)
+            return ExperienceData(data.x[pick], data.y[pick], data.task_label)
+        # Every class present keeps samples, so read_experience's class checks see what the whole dataset has.
+        pick = _balanced_sample(torch.as_tensor(list(targets), dtype=torch.int64), self.fit_samples, gen)
+        return read_experience(dataset.subset(pick.tolist()), classes=classes)
+
     def _check_fits(self, data: ExperienceData) -> None:
         if self.input_shape is not None and data.input_shape != self.input_shape:
             raise ValueError(f"the experience's inputs have shape {data.input_shape}, earlier ones had {self.input_shape}")
@@ -225,17 +249,22 @@ class DistilledBuffer(ExemplarsBuffer):
     def _distill_experience(self, data: ExperienceData, classes: tuple[int, ...], ipc: int) -> DistilledGroup:
         local = torch.searchsorted(torch.tensor(classes), data.y)
         x = data.x.reshape(data.x.shape[0], -1).to(torch.float64)
-        teacher = dm.KRR(self.feature_map, reg=self.reg, n_classes=len(classes)).fit(x, local)
+        # With reg > 0 and n >= p the normal equations (a p x p Gram and one Cholesky solve) give the same head
+        # as the SVD of the (n, p) features that KRR's "auto" picks for mid-sized data, at a fraction of the cost.
+        primal = self.reg > 0 and x.shape[0] >= self.feature_map.out_features(x.shape[1])
+        teacher = dm.KRR(self.feature_map, reg=self.reg, n_classes=len(classes), solver="primal" if primal else "auto")
+        teacher.fit(x, local)
         distilled = self._distill(x, local, ipc, teacher)
-        return DistilledGroup(distilled, classes, data.task_label)
+        return DistilledGroup(distilled, classes, data.task_label, teacher)
 
     def _shrink(self, group: DistilledGroup, ipc: int) -> DistilledGroup:
         """The group re-distilled from its own points to ``ipc`` per class (its KRR head is kept)."""
         if group.ipc <= ipc:
             return group
+        # The teacher is the head kept from the experience (no refit on the points): one solve fewer per shrink.
         own = group.distilled
-        distilled = self._distill(own.x, own.labels, ipc, own.fit_krr())
-        return DistilledGroup(distilled, group.classes, group.task_label)
+        distilled = self._distill(own.x, own.labels, ipc, group.head)
+        return DistilledGroup(distilled, group.classes, group.task_label, group.head)
 
     def _distill(self, x: torch.Tensor, labels: torch.Tensor, ipc: int, teacher: dm.KRR) -> dm.DistilledSet:
         return dm.distill(
@@ -257,6 +286,18 @@ class DistilledBuffer(ExemplarsBuffer):
             )
             parts.append(part.update_data_attribute("soft_targets", soft))
         self.buffer = concat_datasets(parts)
+
+
+_SAMPLE_STRIDE = 7919  # seeds of successive experiences' samples: seed, seed + stride, ...
+
+
+def _balanced_sample(labels: torch.Tensor, per_class: int, gen: torch.Generator) -> torch.Tensor:
+    """Sorted indices of at most ``per_class`` random samples of each label present."""
+    picks = []
+    for c in torch.unique(labels).tolist():
+        members = torch.nonzero(labels == c).flatten()
+        picks.append(members[torch.randperm(members.numel(), generator=gen)[:per_class]])
+    return torch.cat(picks).sort().values
 
 
 def _check_positive_int(value: Any, name: str) -> None:

@@ -16,7 +16,7 @@ from .strategy import KRRStrategy
 
 FORMAT = "distillmem.continual.KRRMemory"
 FORMAT_VERSION = "1"
-_TENSORS = {"moments": ("features", "targets"), "sketch": ("sketch", "cross", "diagonal", "correction"), "per-class": ("x", "y", "labels")}
+_TENSORS = {"moments": ("features", "targets"), "sketch": ("sketch", "cross", "diagonal"), "per-class": ("x", "y", "labels")}
 
 
 def save_memory(strategy: KRRStrategy, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
@@ -36,8 +36,9 @@ def save_memory(strategy: KRRStrategy, path: str | os.PathLike[str], *, overwrit
         tensors = {"features": memory.features_, "targets": memory.targets_}
         extra = {"n_seen": memory.n_seen_, "n_features_in": memory.n_features_in_}
     elif strategy.memory_kind == "sketch":
-        tensors = {"sketch": memory.sketch_, "cross": memory.cross_, "diagonal": memory.diagonal_,
-                   "correction": memory.correction_}
+        tensors = {"sketch": memory.sketch_, "cross": memory.cross_, "diagonal": memory.diagonal_}
+        if memory.correction_ is not None:
+            tensors["correction"] = memory.correction_
         extra = {"n_seen": memory.n_seen_, "n_features_in": memory.n_features_in_, "shrinkage": memory.shrinkage_}
     else:
         tensors = {"x": memory.x, "y": memory.y, "labels": memory.labels}
@@ -77,8 +78,9 @@ def load_memory(strategy: KRRStrategy, path: str | os.PathLike[str]) -> KRRStrat
     for key, value in expected.items():
         if json.loads(json.dumps(value)) != meta.get(key):
             raise ValueError(f"{path} holds a memory with {key}={meta.get(key)!r}, the strategy has {value!r}")
-    if set(tensors) != set(_TENSORS[meta["kind"]]):
-        raise ValueError(f"{path} holds tensors {sorted(tensors)}, expected {list(_TENSORS[meta['kind']])}")
+    names = _TENSORS[meta["kind"]] + (("correction",) if meta["kind"] == "sketch" and strategy.correction else ())
+    if set(tensors) != set(names):
+        raise ValueError(f"{path} holds tensors {sorted(tensors)}, expected {list(names)}")
     k = int(meta["n_classes"])
     if meta["kind"] == "moments":
         memory = dm.MomentMemory.from_features(
@@ -89,8 +91,8 @@ def load_memory(strategy: KRRStrategy, path: str | os.PathLike[str]) -> KRRStrat
     elif meta["kind"] == "sketch":
         memory = GramSketch.from_arrays(
             strategy.feature_map, tensors["sketch"], tensors["cross"], float(meta["shrinkage"]), tensors["diagonal"],
-            n_seen=int(meta["n_seen"]), n_features_in=int(meta["n_features_in"]), rank=strategy.max_points,
-            correction=tensors["correction"], reg=float(meta["reg"]),
+            n_seen=int(meta["n_seen"]), n_features_in=int(meta["n_features_in"]), rank=strategy.sketch_rank(k),
+            correction=tensors.get("correction"), reg=strategy.sketch_reg,
         )
         weights = memory.fit_krr(float(meta["reg"])).weights_
     else:

@@ -56,9 +56,12 @@ class KRRStrategy(SupervisedTemplate):
       MomentMemory), trading exactness for size.
     - ``"sketch"``: ``memory`` is a ``distillmem.sketch.GramSketch``: the
       cross moments Phi^T T (p, k) and the Gram's diagonal exactly, the top
-      ``max_points`` eigenpairs of the Gram, and the correction (p, k) of the
-      heads at ``reg`` that each truncation changed, so only the Gram is
-      compressed; exact when ``max_points`` is None.
+      eigenpairs of the Gram, and (``correction=True``) the correction (p, k)
+      of the heads at ``reg`` that each truncation changed, so only the Gram
+      is compressed. ``max_points`` counts the sketch rows plus the
+      correction's k rows: the sketch keeps ``max_points - k`` eigenpairs
+      with the correction, ``max_points`` without. Exact when ``max_points``
+      is None.
     - ``"per-class"``: the paper's per-class set, for comparison: after each
       experience KRR is refitted on the set plus the new data and distilled
       again to ``ipc`` points per class seen (``memory`` is that
@@ -76,6 +79,9 @@ class KRRStrategy(SupervisedTemplate):
         which needs only the memory's spectrum and the number of samples.
     max_points, shrink : see MomentMemory.
     memory : {"moments", "sketch", "per-class"}
+    correction : bool
+        ``"sketch"`` only: keep the truncation correction (k rows of the
+        budget, so ``max_points`` must exceed k).
     ipc : int
         Points per class of the ``"per-class"`` memory.
     n_classes : int, optional
@@ -100,6 +106,7 @@ class KRRStrategy(SupervisedTemplate):
         max_points: int | None = None,
         shrink: str = "frequent-directions",
         memory: str = "moments",
+        correction: bool = True,
         ipc: int = 10,
         n_classes: int | None = None,
         reg_grid: Sequence[float] | None = None,
@@ -148,6 +155,7 @@ class KRRStrategy(SupervisedTemplate):
         self.max_points = max_points
         self.shrink = shrink
         self.memory_kind = memory
+        self.correction = bool(correction)
         self.ipc = ipc
         self.n_classes = n_classes
         self.reg_grid = grid
@@ -184,7 +192,7 @@ class KRRStrategy(SupervisedTemplate):
             classes: tuple[int, ...] = ()
         elif self.memory_kind == "sketch":
             # reg: the sketch keeps the correction of the heads it truncates under, at the strategy's lambda.
-            fresh = GramSketch(self.feature_map, k, rank=self.max_points, reg=float(self.reg), device=self.device)
+            fresh = GramSketch(self.feature_map, k, rank=self.sketch_rank(k), reg=self.sketch_reg, device=self.device)
             fresh.update(x, data.y)
             # merge returns a new sketch: the current one is untouched if anything fails.
             memory = fresh if self.memory is None else self.memory.merge(fresh)
@@ -217,6 +225,22 @@ class KRRStrategy(SupervisedTemplate):
         weights[seen] = teacher.weights_
         return distilled, tuple(seen), weights
 
+    def sketch_rank(self, k: int) -> int | None:
+        """Eigenpairs the ``"sketch"`` memory keeps: the budget less the correction's k rows."""
+        if self.max_points is None or not self.correction:
+            return self.max_points
+        if self.max_points <= k:
+            raise ValueError(
+                f"max_points={self.max_points} leaves no sketch rows beside the correction's k={k} rows: "
+                "give max_points > k or correction=False"
+            )
+        return self.max_points - k
+
+    @property
+    def sketch_reg(self) -> float | None:
+        """lambda of the sketch's correction, None without one."""
+        return float(self.reg) if self.correction else None
+
     # -- sizes --------------------------------------------------------------------------
     @property
     def memory_nbytes(self) -> int:
@@ -236,7 +260,8 @@ class KRRStrategy(SupervisedTemplate):
         if self.memory is None:
             return 0
         if isinstance(self.memory, GramSketch):
-            return self.memory.sketch_.shape[0]
+            corrected = self.memory.correction_ is not None
+            return self.memory.sketch_.shape[0] + (self.memory.cross_.shape[1] if corrected else 0)
         return self.memory.n_points if isinstance(self.memory, dm.MomentMemory) else len(self.memory)
 
     def _resolve_n_classes(self) -> int:

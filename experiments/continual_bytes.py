@@ -160,6 +160,15 @@ def krr_seed(args, seed: int) -> dict:
 
 
 
+def distilled_method(fit_samples: int | None) -> str:
+    return "distilled" if fit_samples is None else f"distilled, head on {fit_samples} per class"
+
+
+def distilled_fit_samples(method: str) -> int | None:
+    """The ``fit_samples`` a distilled method's name stands for (``distilled_method`` inverted)."""
+    return None if method == "distilled" else int(method.split(" on ")[1].split()[0])
+
+
 def neural_run(bench, d: int, method: str, mem: int, args, seed: int) -> dict:
     from avalanche.evaluation.metrics import accuracy_metrics, forgetting_metrics
     from avalanche.training import GDumb, Naive, Cumulative
@@ -173,8 +182,8 @@ def neural_run(bench, d: int, method: str, mem: int, args, seed: int) -> dict:
         policy = ClassBalancedBuffer(mem, adaptive_size=True)
     elif method == "herding exemplars":
         policy = ParametricBuffer(mem, groupby="class", selection_strategy=HerdingSelectionStrategy(model, "net.1"))
-    elif method == "distilled":
-        policy = DistilledBuffer(max_size=mem, seed=seed)
+    elif method.startswith("distilled"):
+        policy = DistilledBuffer(max_size=mem, seed=seed, fit_samples=distilled_fit_samples(method))
     common = dict(
         model=model, optimizer=torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9),
         criterion=nn.CrossEntropyLoss(), train_mb_size=args.batch, train_epochs=args.epochs, eval_mb_size=1024,

@@ -16,6 +16,7 @@ from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin, Supervise
 
 import distillmem as dm  # noqa: E402
 from continual import DistilledBuffer, DistilledReplayPlugin, KRRStrategy, split_benchmark  # noqa: E402
+from continual.buffer import _SAMPLE_STRIDE, _balanced_sample  # noqa: E402
 from continual.checkpoint import load_memory, save_memory  # noqa: E402
 from continual.strategy import select_reg  # noqa: E402
 
@@ -150,6 +151,25 @@ def test_buffer_groups_reproduce_each_experience_krr_head(filled_buffer, exp_ten
     first_then, first_now = steps[0][3][0], buffer.groups[0]
     assert len(first_then.distilled) == 50 and len(first_now.distilled) == 10
     assert rel_err(first_now.distilled.fit_krr().weights_, first_then.distilled.fit_krr().weights_) <= 1e-6
+
+
+def test_buffer_fit_samples_distils_the_head_of_a_balanced_sample(bench, exp_tensors):
+    """fit_samples=s: each group reproduces KRR fitted on s random samples per class of its experience."""
+    buffer = DistilledBuffer(max_size=20, reg=1.0, fit_samples=30, seed=3)
+    for exp in bench.train_stream[:2]:
+        buffer.update_from_dataset(exp.dataset, classes=exp.classes_in_this_experience)
+    for i, (group, (x, y)) in enumerate(zip(buffer.groups, exp_tensors)):
+        local = torch.searchsorted(torch.tensor(group.classes), y)
+        head = group.distilled.fit_krr().weights_
+        assert group.head.n_samples_ == 30 * len(group.classes) < x.shape[0]
+        # The sample the buffer drew (seeded by seed and the group's position), refitted here, gives the same head.
+        pick = _balanced_sample(y, 30, torch.Generator().manual_seed(3 + _SAMPLE_STRIDE * i))
+        sample = dm.KRR(dm.features.Identity(), reg=1.0, n_classes=len(group.classes)).fit(x[pick], local[pick])
+        assert rel_err(head, sample.weights_) <= 1e-6
+        full = dm.KRR(dm.features.Identity(), reg=1.0, n_classes=len(group.classes)).fit(x, local)
+        assert rel_err(head, full.weights_) > 1e-3  # a sample's head, not the experience's
+    with pytest.raises(ValueError, match="fit_samples must be an integer >= 1, got 0"):
+        DistilledBuffer(max_size=20, fit_samples=0)
 
 
 def test_buffer_points_stay_near_real_images(filled_buffer, exp_tensors):
@@ -331,6 +351,26 @@ def test_sketch_memory_keeps_cross_moments_exact_and_bounds_bytes(krr_run, exp_t
     cross = dm.features.RandomFCNN(in_features=64, seed=0)(x).T @ torch.nn.functional.one_hot(y, 10).double()
     assert rel_err(small.memory.cross_, cross) <= 1e-12
     assert 1e-6 < rel_err(small.model.weights, steps[-1][0]) < 1
+
+
+def test_sketch_budget_counts_the_correction_rows(bench):
+    """max_points = sketch rows + the correction's k rows; without the correction all of it is sketch rows."""
+    def make(**kw) -> KRRStrategy:
+        return KRRStrategy(feature_map=dm.features.RandomFCNN(in_features=64, seed=0), reg=1.0, memory="sketch",
+                           evaluator=quiet_evaluator(), **kw)
+
+    corrected, plain = make(max_points=16), make(max_points=16, correction=False)
+    for exp in bench.train_stream:
+        corrected.train(exp)
+        plain.train(exp)
+    assert corrected.memory.sketch_.shape[0] == 6 and corrected.memory.correction_.shape == (64, 10)
+    assert corrected.memory_points == 16 and plain.memory_points == plain.memory.sketch_.shape[0] == 16
+    assert plain.memory.correction_ is None
+    assert corrected.memory_nbytes == (6 * 64 + 2 * 64 * 10 + 64 + 1) * 8
+    too_small = make(max_points=10)
+    with pytest.raises(ValueError, match="max_points=10 leaves no sketch rows"):
+        too_small.train(bench.train_stream[0])
+    assert too_small.memory is None
 
 
 def test_per_class_memory_reproduces_its_refitted_head(bench):
