@@ -183,3 +183,32 @@ def test_the_real_backbone_is_named_in_the_upload_spec():
     spec = features.upload_spec(cfg, Identity(), "")
     assert BACKBONES[BACKBONE].sha256 in spec and '"image_size": 32' in spec and '"identity"' in spec
     assert features.upload_spec(Config(feature_map=BACKBONE, image_size=64), Identity(), "") != spec
+
+
+def test_experiment_targets_use_the_budget_of_means_plus_ten_class_means(monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "experiments"))
+    import pretrained_federated as script
+
+    def run(method, acc, nbytes, error=0.5):
+        return {"method": method, "clients": 100, "partition": "dir0.1", "seed": 0, "accuracy": acc, "weight_error": error,
+                "upload_bytes": [nbytes, nbytes], "total_bytes": 2 * nbytes, "accepted": 2, "wall_time_s": 1.0}
+
+    p = 1280
+    means = 10 * p * 8 + 80
+    payload = {
+        "setup": {"clients": [100], "partitions": ["dir0.1"], "p": p, "seeds": [0]},
+        "centralized": {"accuracy": 0.88},
+        "fedavg": [],
+        "runs": [run(script.EXACT[0], 0.88, 10**7, error=3e-13), run(script.MEANS, 0.80, means),
+                 run("moments r=19 (truncated)", 0.872, means + 10 * p * 8),  # exactly at the budget: counted
+                 run("sketch r=10 + 10 correction rows", 0.879, means + 10 * p * 8 + 1)],  # one byte over: not counted
+    }
+    found = script.targets(payload)
+    assert found[0].startswith("`moments` against centralized ridge on all 1 partitions measured: relative weight error ≤ 3.0e-13")
+    assert found[0].endswith(": met.")
+    assert "is `moments r=19 (truncated)`" in found[1] and "0.80 points below centralized" in found[1]
+    assert found[1].endswith("target within 1: met.")
+    payload["runs"][2]["accuracy"] = 0.869
+    assert script.targets(payload)[1].endswith("1.10 points below centralized (seed mean; worst seed 1.10), target within 1: not met.")
