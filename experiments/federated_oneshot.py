@@ -164,7 +164,9 @@ def merge(paths: list[Path], drop: list[str] = ()) -> dict:
     unknown = set(drop) - {run["method"] for part in parts for run in part["runs"]}
     if unknown:
         raise SystemExit(f"--drop: no input has runs of {sorted(unknown)}")
-    same = ("dataset", "n_train", "n_test", "clients", "reg", "feature_map", "engine", "threads")
+    # Threads change wall times only: parts run with different counts are merged, and the counts listed.
+    same = ("dataset", "n_train", "n_test", "clients", "reg", "feature_map", "engine")
+    threads = sorted({str(part["setup"]["threads"]) for part in parts}, key=lambda t: [int(n) for n in t.split(", ")])
     first = parts[0]
     fedavg = [part["setup"]["fedavg"] for part in parts if part["setup"]["fedavg"]["rounds"] > 0]
     for path, part in zip(paths, parts):
@@ -204,7 +206,7 @@ def merge(paths: list[Path], drop: list[str] = ()) -> dict:
     cells = {c for part in parts for c in part["setup"]["partitions"]}
     return {
         "load_average": [max(p["load_average"][i] for p in parts) for i in (0, 1)],
-        "setup": {**first["setup"], "fedavg": (fedavg or [first["setup"]["fedavg"]])[0], "seeds": sorted({s for p in parts for s in p["setup"]["seeds"]}),
+        "setup": {**first["setup"], "threads": ", ".join(threads), "fedavg": (fedavg or [first["setup"]["fedavg"]])[0], "seeds": sorted({s for p in parts for s in p["setup"]["seeds"]}),
                   "partitions": [c for c in PARTITIONS if c in cells]},
         "centralized": first["centralized"],
         "runs": runs,
@@ -410,7 +412,8 @@ def markdown(payload: dict) -> str:
 def readme(payload: dict) -> str:
     setup, table = payload["setup"], summary(payload)
     cells = list(table)
-    labels = list(dict.fromkeys(label for rows in table.values() for label in rows))
+    order = [*METHODS, FEDAVG]
+    labels = sorted({label for rows in table.values() for label in rows}, key=lambda m: order.index(m) if m in order else len(order))
     lines = [
         f"{setup['dataset']}, {setup['clients']} clients, FCNN features, λ = {setup['reg']:g}, "
         f"{len(setup['seeds'])} seed(s); centralized KRR {100 * payload['centralized']['accuracy']:.2f}%; "
