@@ -50,7 +50,8 @@ from torch import nn
 import distillmem as dm
 from distillmem.baselines import herding_indices
 from continual import DistilledBuffer, KRRStrategy, split_benchmark
-from continual.data import read_experience
+from continual.data import ExperienceData, read_experience
+from distillmem.features import Identity
 
 ACC = "Top1_Acc_Stream/eval_phase/test_stream"
 FORGET = "StreamForgetting/eval_phase/test_stream"
@@ -123,20 +124,30 @@ def krr_seed(args, seed: int) -> dict:
             step["joint_accuracy"] = joint.score(x_test, y_test)
         steps.append(step)
 
+    # The budgeted memories and the exemplar heads see the data only through phi: computed once here, they run on
+    # Identity() over the features, the same heads as on fmap over the inputs (the per-class sets need the inputs).
+    features = [ExperienceData(fmap(t.x.reshape(-1, d).double()), t.y, t.task_label) for t in data]
+    f_all, y_all = torch.cat([f.x for f in features]), torch.cat([t.y for t in data])
+    f_test = fmap(x_test)
     x_all = torch.cat([t.x for t in data]).reshape(-1, d).double()
-    y_all = torch.cat([t.y for t in data])
     rows = []
     for r in args.points:
-        budgeted = {"moments": strategy(max_points=r), "sketch": strategy(memory="sketch", max_points=r)}
+        on_features = lambda **kw: KRRStrategy(feature_map=Identity(), reg=args.reg, n_classes=k, **kw)  # noqa: E731
+        budgeted = {"moments": on_features(max_points=r),
+                    "sketch": on_features(memory="sketch", max_points=r, correction=False)}
+        if r > k:  # the correction takes k rows of the budget
+            budgeted["sketch + correction"] = on_features(memory="sketch", max_points=r)
         if r % k == 0 and "per-class" in args.krr_methods:
             budgeted["per-class"] = strategy(memory="per-class", ipc=r // k)
         budgeted = {m: s for m, s in budgeted.items() if m in args.krr_methods}
         for method, s in budgeted.items():
             start = time.perf_counter()
-            for exp in data:
+            inputs = data if method == "per-class" else features
+            for exp in inputs:
                 s.absorb(exp)
             rows.append({"method": method, "budget": r, "points": s.memory_points, "bytes": s.memory_nbytes,
-                         "accuracy": head_accuracy(s, x_test, y_test), "seconds": time.perf_counter() - start})
+                         "accuracy": head_accuracy(s, x_test if method == "per-class" else f_test, y_test),
+                         "seconds": time.perf_counter() - start})
         # Equal bytes: as many exemplars as the largest budgeted memory of r points takes.
         most = max((row["bytes"] for row in rows if row["budget"] == r), default=r * exemplar_bytes(d))
         for equal, n in (("points", r), ("bytes", most // exemplar_bytes(d))):
@@ -147,10 +158,10 @@ def krr_seed(args, seed: int) -> dict:
                 if f"{how} exemplars" not in args.krr_methods:
                     continue
                 start = time.perf_counter()
-                idx = balanced_exemplars(x_all, y_all, ipc, how, fmap, seed)
-                head = dm.KRR(fmap, reg=args.reg, n_classes=k).fit(x_all[idx], y_all[idx])
+                idx = balanced_exemplars(f_all, y_all, ipc, how, Identity(), seed)
+                head = dm.KRR(Identity(), reg=args.reg, n_classes=k).fit(f_all[idx], y_all[idx])
                 rows.append({"method": f"{how} exemplars", "budget": r, "equal": equal, "points": idx.numel(),
-                             "bytes": idx.numel() * exemplar_bytes(d), "accuracy": head.score(x_test, y_test),
+                             "bytes": idx.numel() * exemplar_bytes(d), "accuracy": head.score(f_test, y_test),
                              "seconds": time.perf_counter() - start})
     return {"seed": seed, "class_order": list(bench.classes_order), "p": fmap.out_features(d), "exact": steps,
             "rows": rows}
@@ -266,7 +277,9 @@ def krr_tables(payload: dict) -> list[str]:
                      f"{mean_std([r['accuracy'] for r in rs])} |")
     summary = (f"Exact memory against joint KRR, over {len(errors)} checks (experiences × seeds): relative weight error at "
                f"most {harness.sci(max(errors))}, accuracy difference at most {100 * max(gaps):.2f} points, "
-               f"memory {', '.join(f'{b:,}' for b in sorted(sizes))} bytes after every experience.")
+               f"memory {', '.join(f'{b:,}' for b in sorted(sizes))} bytes after every experience; final accuracy "
+               f"{mean_std([s['accuracy'] for s in exact_final])}% (joint KRR "
+               f"{mean_std([s['joint_accuracy'] for s in exact_final])}%).")
     return [summary, "", *lines]
 
 
@@ -299,11 +312,12 @@ def setting(payload: dict) -> str:
 
 def markdown(payload: dict) -> str:
     body = krr_tables(payload) if payload["part"] == "krr" else neural_tables(payload)
-    return "\n".join([f"# {payload['title']}", "", f"Command: `{payload['command']}`", "",
+    return "\n".join([f"# {payload['title']}", "", f"Command(s): {commands(payload)}", "",
                       f"Machine: {payload['machine']}; {payload['seconds']:.0f} s in all (a shared machine: wall "
                       f"times are inflated).", "", setting(payload), "", *body]) + "\n"
 
 
+BUDGETED = ("moments", "sketch", "sketch + correction", "per-class")
 KRR_TARGETS = {10: 0.84, 100: 0.92, 500: 0.936}  # issue 7: final accuracy of a 10 / 100 / 500-point memory
 
 
@@ -331,7 +345,7 @@ def krr_readme(payload: dict) -> list[str]:
     for b in budgets:
         if b not in KRR_TARGETS:
             continue
-        best = max(((m, mean(groups[(m, b, "")])) for m in ("moments", "sketch", "per-class") if (m, b, "") in groups),
+        best = max(((m, mean(groups[(m, b, "")])) for m in BUDGETED if (m, b, "") in groups),
                    key=lambda t: t[1], default=None)
         if best is None:
             continue
@@ -368,7 +382,7 @@ def neural_readme(payload: dict) -> list[str]:
 
 def readme(payload: dict) -> str:
     body = krr_readme(payload) if payload["part"] == "krr" else neural_readme(payload)
-    return "\n".join([setting(payload), "", *body, "", f"(`{payload['command']}`; full table in "
+    return "\n".join([setting(payload), "", *body, "", f"({commands(payload)}; full table in "
                       f"`experiments/results/{payload_name(payload)}.md`)"]) + "\n"
 
 
@@ -444,8 +458,42 @@ def measure(args) -> dict:
     title = (f"Split {NAMES.get(args.dataset, args.dataset)}: KRRStrategy memories against real exemplars, {map_name}" if part == "krr"
              else f"Split {NAMES.get(args.dataset, args.dataset)}: MLP replay baselines against the distilled buffer")
     return {"title": title, "dataset": args.dataset, "part": part, "map_name": map_name, "d": d,
-            "n_classes": bench.n_classes, "args": {k: v for k, v in vars(args).items() if k not in ("data", "out", "report_only")},
+            "n_classes": bench.n_classes,
+            "args": {k: v for k, v in vars(args).items() if k not in ("data", "out", "report_only", "merge")},
             "seeds": runs, "seconds": time.perf_counter() - start}
+
+
+SETTINGS = ("dataset", "parts", "n_experiences", "map", "width", "reg", "epochs", "lr", "batch", "hidden")
+
+
+def row_key(row: dict) -> tuple:
+    return row["method"], row.get("budget", row.get("mem")), row.get("equal", "")
+
+
+def merge(old: dict, new: dict) -> dict:
+    """``new`` with the rows of ``old`` it did not measure: per seed, a row of the same key is replaced.
+
+    Seeds only ``old`` has are kept; the exact-memory checks kept are those with more joint comparisons.
+    """
+    clash = [key for key in SETTINGS if old["args"].get(key) != new["args"].get(key)]
+    if clash:
+        raise SystemExit(f"--merge: the recorded result was measured with other settings: {', '.join(clash)}")
+    runs = {run["seed"]: run for run in old["seeds"]}
+    for run in new["seeds"]:
+        prev = runs.get(run["seed"])
+        if prev is not None:
+            measured = {row_key(r) for r in run["rows"]}
+            run["rows"] = [r for r in prev["rows"] if row_key(r) not in measured] + run["rows"]
+            checks = lambda r: sum("weight_error" in s for s in r.get("exact", []))  # noqa: E731
+            if checks(prev) > checks(run):
+                run["exact"] = prev["exact"]
+        runs[run["seed"]] = run
+    return {**new, "seeds": [runs[seed] for seed in sorted(runs)], "seconds": old["seconds"] + new["seconds"],
+            "earlier_commands": old.get("earlier_commands", []) + [old["command"]]}
+
+
+def commands(payload: dict) -> str:
+    return "; ".join(f"`{c}`" for c in [*payload.get("earlier_commands", []), payload["command"]])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -458,7 +506,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reg", type=float, default=1.0)
     parser.add_argument("--joint", choices=["every", "last"], default="every", help="joint KRR after which experiences")
     parser.add_argument("--points", type=int, nargs="*", default=[10, 100, 500], help="KRR memory budgets")
-    parser.add_argument("--krr-methods", nargs="+", default=["moments", "sketch", "per-class", "random exemplars",
+    parser.add_argument("--krr-methods", nargs="+", default=["moments", "sketch", "sketch + correction", "per-class",
+                                                             "random exemplars",
                                                              "herding exemplars"])
     parser.add_argument("--ipcs", type=int, nargs="+", default=[1, 10, 50], help="neural memory, points per class")
     parser.add_argument("--neural-methods", nargs="+", default=["naive", "cumulative", "random exemplars",
@@ -467,11 +516,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--merge", action="store_true", help="merge into the recorded result in --out: rows of the "
+                        "same seed, method and budget are replaced, the others kept (e.g. new seeds or methods)")
     args = parser.parse_args(argv)
     if not args.report_only and args.dataset != "digits":
         harness.require_data(parser, args, args.dataset)
     report = harness.Report(__file__, result_name(args), args.out, argv)
-    code = report.run(args.report_only, lambda: measure(args), markdown, readme)
+    if args.merge and not args.report_only:
+        old = report.load()  # before measuring: a missing result fails now, not after the run
+        code = report.run(False, lambda: merge(old, measure(args)), markdown, readme)
+    else:
+        code = report.run(args.report_only, lambda: measure(args), markdown, readme)
     if not args.report_only:
         plot(args.out, args.dataset)
     return code
