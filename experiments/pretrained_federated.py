@@ -32,9 +32,10 @@ import os
 import sys
 import time
 from pathlib import Path
-from statistics import mean, stdev
+from statistics import mean
 
 import harness
+from federated_oneshot import _kb, _stats, rounds_to_reach  # the same figures as the other federated tables
 
 #: label -> (mode, simulate options). The order is the tables' order.
 METHODS: dict[str, tuple[str, dict]] = {
@@ -102,10 +103,15 @@ def measure(args) -> dict:
             for seed in args.seeds:
                 common = dict(dataset="cifar10", data=data_path, num_clients=clients, partition=partition, alpha=alpha,
                               feature_map=args.backbone, image_size=args.image_size, feature_cache=str(cache),
-                              reg=reg, seed=seed, engine="inprocess", centralized=False)
+                              reg=reg, seed=seed, engine="inprocess", centralized=False, deadline_s=args.deadline)
                 for label in args.methods:
                     mode, options = METHODS[label]
                     result = simulate(mode=mode, **common, **options)
+                    if len(result["clients"]["accepted"]) != clients:
+                        # A head from some of the clients is not the method's figure: stop rather than record it.
+                        raise SystemExit(f"{label}, {clients} clients, {cell}, seed {seed}: only "
+                                         f"{len(result['clients']['accepted'])} uploads accepted ({result['clients']}); "
+                                         "raise --deadline on a loaded machine")
                     weights = result["head"].weights_.numpy()
                     runs.append({
                         "method": label, "clients": clients, "partition": cell, "seed": seed, "accuracy": result["accuracy"],
@@ -219,10 +225,6 @@ def cells(payload: dict) -> list[tuple[int, str]]:
             or any(f["clients"] == c and f["partition"] == cell for f in payload["fedavg"])]
 
 
-def _stats(values: list[float]) -> tuple[float, float]:
-    return mean(values), (stdev(values) if len(values) > 1 else 0.0)
-
-
 def summary(payload: dict) -> dict[tuple[int, str], dict[str, dict]]:
     """{(clients, partition): {method: {acc, std, gap, worst_gap, seeds, bytes_client, bytes_client_max, bytes_total, ...}}}."""
     central = payload["centralized"]["accuracy"]
@@ -255,11 +257,6 @@ def summary(payload: dict) -> dict[tuple[int, str], dict[str, dict]]:
     return table
 
 
-def rounds_to_reach(curve: list[float], target: float) -> int | None:
-    """The first FedAvg round (1-based) whose seed-mean accuracy reaches ``target``, or None."""
-    return next((t for t, a in enumerate(curve, 1) if a >= target), None)
-
-
 def budget(payload: dict, rows: dict[str, dict]) -> float | None:
     """Issue 9's per-client byte budget: the largest `means` upload plus 10 class means (p float64 each)."""
     if MEANS not in rows:
@@ -276,26 +273,27 @@ def targets(payload: dict) -> list[str]:
         n = len({(r["clients"], r["partition"], r["seed"]) for r in exact})
         lines.append(f"`moments` against centralized ridge on all {n} partitions measured: relative weight error "
                      f"≤ {harness.sci(worst)} (target ≤ 1e-6): {'met' if worst <= EXACT_ERROR else 'not met'}.")
-    rows = table.get(tuple(TARGET_CELL))
-    limit = None if rows is None else budget(payload, rows)
-    if limit is not None:
-        within = {m: r for m, r in rows.items() if m != FEDAVG and m not in EXACT and r["bytes_client_max"] <= limit}
+    for (clients, cell), rows in table.items():
+        limit = budget(payload, rows)
+        within = {m: r for m, r in rows.items() if m != FEDAVG and m not in EXACT and limit is not None
+                  and r["bytes_client_max"] <= limit}
+        if not within:
+            continue
         best = max(within, key=lambda m: within[m]["acc"])
         row = within[best]
-        clients, cell = TARGET_CELL
+        verdict = (f"target within {TARGET_GAP:g}: {'met' if 100 * row['gap'] <= TARGET_GAP + 1e-9 else 'not met'}"
+                   if (clients, cell) == TARGET_CELL else "for reference; the target is at 100 clients, α = 0.1")
         lines.append(
             f"{clients} clients, {_cell_name(cell)}: the best compressed upload within {_kb(limit)} per client (`means` plus "
             f"{EXTRA_MEANS} class means) is `{best}` ({_kb(row['bytes_client_max'])} per client at most), "
-            f"{100 * row['gap']:.2f} points below centralized (seed mean; worst seed {100 * row['worst_gap']:.2f}), "
-            f"target within {TARGET_GAP:g}: {'met' if 100 * row['gap'] <= TARGET_GAP + 1e-9 else 'not met'}.")
+            f"{100 * row['gap']:.2f} points below centralized (seed mean; worst seed {100 * row['worst_gap']:.2f}); {verdict}.")
+    if TARGET_CELL not in table:
+        clients, cell = TARGET_CELL
+        lines.append(f"{clients} clients, {_cell_name(cell)}: not measured in this result, so the compressed-upload target is open.")
     return lines
 
 
 # -- rendering ----------------------------------------------------------------------------------------
-
-
-def _kb(n: float) -> str:
-    return f"{n / 1e3:,.1f} kB" if n < 1e6 else f"{n / 1e6:,.2f} MB"
 
 
 def _mb(n: float) -> str:
@@ -466,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", nargs="+", default=list(PARTITIONS), choices=list(PARTITIONS))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="METHOD",
                         help="one-shot methods (default: all): " + "; ".join(METHODS))
+    parser.add_argument("--deadline", type=float, default=3600.0,
+                        help="seconds the server waits for the uploads (default: %(default)s; every client must answer)")
     parser.add_argument("--fedavg-rounds", type=int, default=20, help="FedAvg rounds (0: no FedAvg run)")
     parser.add_argument("--fedavg-lr", type=float, default=0.1)
     parser.add_argument("--fedavg-batch", type=int, default=64)

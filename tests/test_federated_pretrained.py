@@ -211,4 +211,10 @@ def test_experiment_targets_use_the_budget_of_means_plus_ten_class_means(monkeyp
     assert "is `moments r=19 (truncated)`" in found[1] and "0.80 points below centralized" in found[1]
     assert found[1].endswith("target within 1: met.")
     payload["runs"][2]["accuracy"] = 0.869
-    assert script.targets(payload)[1].endswith("1.10 points below centralized (seed mean; worst seed 1.10), target within 1: not met.")
+    assert script.targets(payload)[1].endswith("1.10 points below centralized (seed mean; worst seed 1.10); target within 1: not met.")
+    for r in payload["runs"]:
+        r["partition"] = "dir0.5"
+    payload["setup"]["partitions"] = ["dir0.5"]
+    found = script.targets(payload)
+    assert found[1].endswith("for reference; the target is at 100 clients, α = 0.1.")
+    assert found[2] == "100 clients, Dirichlet α = 0.1: not measured in this result, so the compressed-upload target is open."
