@@ -387,11 +387,12 @@ def test_per_class_memory_reproduces_its_refitted_head(bench):
 # -- checkpoints ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("memory", ["moments", "sketch", "per-class"])
-def test_checkpoint_resume_gives_the_same_memory_and_results(bench, tmp_path, memory):
-    def make() -> KRRStrategy:
+@pytest.mark.parametrize("memory, correction", [("moments", True), ("sketch", True), ("sketch", False),
+                                                ("per-class", True)])
+def test_checkpoint_resume_gives_the_same_memory_and_results(bench, tmp_path, memory, correction):
+    def make(correction: bool = correction) -> KRRStrategy:
         return KRRStrategy(feature_map=dm.features.RandomFCNN(in_features=64, seed=0), reg=1.0, max_points=30,
-                           memory=memory, ipc=4, evaluator=quiet_evaluator())
+                           memory=memory, correction=correction, ipc=4, evaluator=quiet_evaluator())
 
     straight = make()
     for exp in bench.train_stream:
@@ -404,6 +405,9 @@ def test_checkpoint_resume_gives_the_same_memory_and_results(bench, tmp_path, me
     path = save_memory(first, tmp_path / "memory.safetensors")
     with pytest.raises(FileExistsError):
         save_memory(first, path)
+    if memory == "sketch":  # a file with (without) the correction does not load into a strategy without (with) one
+        with pytest.raises(ValueError, match="holds tensors"):
+            load_memory(make(not correction), path)
     resumed = load_memory(make(), path)
     assert rel_err(resumed.model.weights, first.model.weights) <= 1e-12
     for exp in bench.train_stream[2:]:
