@@ -412,7 +412,8 @@ def readme(payload: dict) -> str:
     lines = [
         f"{_data_name(setup)}, {_backbone_name(setup)} features (p = {setup['p']}), λ = {setup['reg']:g}, "
         f"{len(setup['seeds'])} seed(s); accuracy (%) as seed mean ± std / total upload MB over all clients. "
-        f"Measured with {command} on the app's in-process engine; {payload['machine']}.",
+        f"Measured with {command} on the app's in-process engine; "
+        f"{payload['parts'][0]['machine'] if 'parts' in payload else payload['machine']}.",
         "",
         *fedcof_table(payload),
     ]
