@@ -95,7 +95,8 @@ def measure(args) -> dict:
         partition, alpha = PARTITIONS[cell]
         for seed in args.seeds:
             common = dict(dataset=args.dataset, data=data_path or None, num_clients=args.clients, partition=partition,
-                          alpha=alpha, feature_map="fcnn", reg=args.reg, seed=seed, engine="inprocess", centralized=False)
+                          alpha=alpha, feature_map="fcnn", reg=args.reg, seed=seed, engine="inprocess", centralized=False,
+                          deadline_s=args.deadline)
             for label in args.methods:
                 mode, options = METHODS[label]
                 refines = options.get("rounds", 1) > 1  # the server's per-round weight errors need its centralized fit
@@ -360,6 +361,9 @@ def markdown(payload: dict) -> str:
         *([f"Re-measured (a later part replaced an earlier one's run): " + "; ".join(
             f"{r['method']}, {r['partition']}, seed {r['seed']}: part {r['part']} by part {r['by']}" for r in payload["replaced"]) + ".", ""]
           if payload.get("replaced") else []),
+        *([f"Runs in which not every client's upload arrived before the deadline (the head lacks their data): " + "; ".join(
+            f"{r['method']}, {r['partition']}, seed {r['seed']}: {r['accepted']} of {setup['clients']}" for r in short) + ".", ""]
+          if (short := [r for r in payload["runs"] if r["accepted"] < setup["clients"]]) else []),
         *([f"Left out when merging: {payload['dropped']['runs']} runs of "
            + ", ".join(f"`{m}`" for m in payload["dropped"]["methods"]) + " (measured by earlier code).", ""]
           if payload.get("dropped", {}).get("runs") else []),
@@ -498,6 +502,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="METHOD",
                         help="one-shot methods (default: all): " + "; ".join(METHODS))
     parser.add_argument("--reg", type=float, default=1.0)
+    parser.add_argument("--deadline", type=float, default=300.0,
+                        help="seconds the server waits for the uploads of each run (a slow machine may need more)")
     parser.add_argument("--fedavg-rounds", type=int, default=20, help="FedAvg rounds (0: no FedAvg run)")
     parser.add_argument("--fedavg-lr", type=float, default=0.1)
     parser.add_argument("--fedavg-batch", type=int, default=64)
