@@ -109,7 +109,7 @@ def markdown(payload: dict) -> str:
         "| joint ridge on all training features | value |",
         "|---|---|",
         f"| lambda (reg=\"auto\", seeded 95/5 split) | {harness.sci(ridge['reg'])} |",
-        f"| held-out accuracy at that lambda | {100 * ridge['val_accuracy']:.2f}% |",
+        f"| held-out accuracy at that lambda | {100 * ridge['val_accuracy'][str(float(ridge['reg']))]:.2f}% |",
         f"| training accuracy | {100 * ridge['train_accuracy']:.2f}% |",
         f"| **test accuracy** | **{100 * ridge['test_accuracy']:.2f}%** |",
         f"| fit time | {ridge['seconds']:.1f} s |",
