@@ -126,8 +126,9 @@ class KRRDistiller:
         )
         if not fmap.surjective:
             raise ValueError(
-                f"feature map {fmap!r} is not surjective (its output is wider than its input somewhere), "
-                "so exact distillation has no preimage; use a map with p <= d, or distill_deep_linear / "
+                f"feature map {fmap!r} is not surjective (not every feature vector is the image of an input), "
+                "so exact distillation has no preimage; use a surjective map (for the random maps: p <= d), "
+                "distil the map's features with Identity() (exact in feature space), or use distill_deep_linear / "
                 "distill_approximate"
             )
         gen = torch.Generator().manual_seed(seed)
