@@ -263,11 +263,11 @@ def verdicts(payload: dict) -> list[str]:
     groups = grouped(payload)
     checks = [c for rows in groups.values() for r in rows for c in r.get("checks", [])]
     worst_gap = max(c["accuracy_difference"] for c in checks)
-    lines = [f"Exact memory against joint ridge, {len(checks)} checks (experiences × seeds): relative weight error at "
+    lines = [f"- Exact memory against joint ridge, {len(checks)} checks (experiences × seeds): relative weight error at "
              f"most {harness.sci(max(c['weight_error'] for c in checks))}, accuracy difference at most "
              f"{100 * worst_gap:.2f} points (target 0.05: {'met' if 100 * worst_gap <= 0.05 else 'not met'})."]
     joint_by_seed = {run["seed"]: next(r for r in run["rows"] if r["method"] == "joint ridge") for run in payload["seeds"]}
-    for key, rows in groups.items():
+    for rows in groups.values():
         share = rows[0].get("budget")
         if share is None or share > 0.1 or not rows[0]["method"].startswith("KRRStrategy"):
             continue
@@ -275,7 +275,7 @@ def verdicts(payload: dict) -> list[str]:
                 for run, r in zip(payload["seeds"], rows)]
         last = [joint_by_seed[run["seed"]]["a_last"] - r["a_last"] for run, r in zip(payload["seeds"], rows)]
         share_bytes = max(r["bytes"] for r in rows) / payload["seeds"][0]["exact_bytes"]
-        lines.append(f"{rows[0]['method']} ({100 * share_bytes:.1f}% of the exact memory's bytes): A_last at most "
+        lines.append(f"- {rows[0]['method']} ({100 * share_bytes:.1f}% of the exact memory's bytes): A_last at most "
                      f"{100 * max(last):.2f} points below joint ridge, at most {100 * max(gaps):.2f} after any "
                      f"experience (target 2: {'met' if 100 * max(gaps) <= 2 else 'not met'}).")
     return lines
