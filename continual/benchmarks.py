@@ -7,8 +7,6 @@ a nearest-class-mean head) trains on the same features.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from avalanche.benchmarks.scenarios.deprecated.new_classes.nc_scenario import NC
 from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset as tensor_dataset
 
 from distillmem.data import DATASETS, load_dataset
-from distillmem.feature_cache import cached_features
+from distillmem.feature_cache import cache_path, cached_features
 from distillmem.features import FeatureMap, Pretrained
 
 #: Images per forward pass of a feature map.
@@ -65,9 +63,10 @@ def split_benchmark(
         Learners take them with ``Identity(p)`` as their map (``KRRStrategy``, ``NCMStrategy``) or a head of
         input width p (Avalanche's strategies); the results equal those of the map on the images.
     feature_cache : path, optional
-        A folder of ``distillmem.cached_features`` files, one per dataset, split and map (``cache_file``): the
-        features are read from there when they were computed before and stored there otherwise. A file there
-        made from other images or another map is refused with an error naming what differs, never overwritten.
+        A folder of ``distillmem.cached_features`` files, one per dataset, split and map (named by
+        ``distillmem.feature_cache.cache_path``): the features are read from there when they were computed
+        before and stored there otherwise. A file there made from other images or another map is refused with
+        an error naming what differs, never overwritten.
         Only with ``feature_map``.
 
     Returns
@@ -116,20 +115,6 @@ def split_benchmark(
 
 
 
-def cache_file(folder: str | os.PathLike[str], dataset: str, split: str, feature_map: FeatureMap) -> Path:
-    """The file of a split's features under a map in a cache folder: ``<dataset>-<split>-<map>.dmf``.
-
-    ``<map>`` is ``<backbone>-<image size>`` for ``Pretrained`` and ``<name>-<sha256 of the spec, 12 digits>``
-    otherwise. The name only finds the file: its contents are checked against the images and the map's spec.
-    """
-    if isinstance(feature_map, Pretrained):
-        tag = f"{feature_map.backbone_name}-{feature_map.image_size}"
-    else:
-        spec = json.dumps(feature_map.spec(), sort_keys=True).encode()
-        tag = f"{feature_map.name}-{hashlib.sha256(spec).hexdigest()[:12]}"
-    return Path(folder) / f"{dataset}-{split}-{tag}.dmf"
-
-
 def _features(
     feature_map: FeatureMap, x: torch.Tensor, dataset: str, split: str, cache: str | os.PathLike[str] | None
 ) -> torch.Tensor:
@@ -143,6 +128,6 @@ def _features(
         with torch.inference_mode():
             return torch.cat([feature_map(flat[i : i + _CHUNK]) for i in range(0, len(flat), _CHUNK)]).to(torch.float32)
     Path(cache).mkdir(parents=True, exist_ok=True)
-    path = cache_file(cache, dataset, split, feature_map)
+    path = cache_path(cache, dataset, split, feature_map)
     # The images as the loader gives them, (n, C, H, W): their shape is part of the cache's key.
     return cached_features(feature_map, x, path, chunk_size=_CHUNK, dataset=f"{dataset}-{split}").to(torch.float32)

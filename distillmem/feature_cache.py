@@ -19,6 +19,7 @@ reads a cache without the data or the map.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from tqdm.auto import tqdm
 from ._stats import checked_features, iter_array_chunks
 from ._validation import ArrayLike, as_samples, check_int, resolve_device
 from .container import read_container, write_container
-from .features import FeatureMap
+from .features import FeatureMap, Pretrained
 from .provenance import installed_version
 
 FORMAT = "distillmem.FeatureCache"
@@ -76,6 +77,20 @@ class FeatureCache:
                 f"the data differ (cached {_describe(self.data)}, given {_describe(data)})"
             )
         return "; ".join(reasons) or None
+
+
+def cache_path(folder: str | os.PathLike, dataset: str, split: str, feature_map: FeatureMap) -> Path:
+    """The file of a split's features under a map in a cache folder: ``<dataset>-<split>-<map>.dmf``.
+
+    ``<map>`` is ``<backbone>-<image size>`` for ``Pretrained`` and ``<name>-<sha256 of the spec, 12 digits>``
+    otherwise. The name only finds the file: ``cached_features`` checks its contents against the data and the map.
+    """
+    if isinstance(feature_map, Pretrained):
+        tag = f"{feature_map.backbone_name}-{feature_map.image_size}"
+    else:
+        spec = json.dumps(feature_map.spec(), sort_keys=True).encode()
+        tag = f"{feature_map.name}-{hashlib.sha256(spec).hexdigest()[:12]}"
+    return Path(folder) / f"{dataset}-{split}-{tag}.dmf"
 
 
 def data_identity(x: Any) -> dict[str, Any]:

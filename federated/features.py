@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distillmem.feature_cache import cached_features
+from distillmem.feature_cache import cache_path, cached_features
 from distillmem.features import FeatureMap, Pretrained
 from distillmem.features.pretrained import BACKBONES
 
@@ -83,13 +83,6 @@ def split_features(cfg: Config, data_path: str, split: str) -> np.ndarray:
         return _split_features(cfg.dataset, data_path, cfg.feature_map, cfg.image_size, cfg.feature_cache, split)
 
 
-def cache_file(folder: str | Path, dataset: str, name: str, image_size: int, split: str) -> Path:
-    """The file of a split's features in a cache folder, named as the continual side names it
-    (``<dataset>-<split>-<backbone>-<image size>.dmf``), so both read one cache; its contents are
-    checked against the images and the map on use."""
-    return Path(folder) / f"{dataset}-{split}-{name}-{image_size}.dmf"
-
-
 @lru_cache(maxsize=4)
 def _split_features(dataset: str, data_path: str, name: str, image_size: int, cache: str, split: str) -> np.ndarray:
     fmap = backbone(dataset, data_path, name, image_size)
@@ -100,7 +93,7 @@ def _split_features(dataset: str, data_path: str, name: str, image_size: int, ca
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"feature-cache={cache!r}: is not a folder (the cache keeps one file per dataset, backbone and split)")
     folder.mkdir(parents=True, exist_ok=True)
-    path = cache_file(folder, dataset, name, image_size, split)
+    path = cache_path(folder, dataset, split, fmap)
     # A file there made from other data or another map raises, naming what differs; it is never overwritten.
     features = cached_features(fmap, images, path, chunk_size=CHUNK, dataset=f"{dataset} {split}")
     return features.numpy()

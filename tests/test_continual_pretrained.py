@@ -16,7 +16,7 @@ pytest.importorskip("avalanche")
 
 import distillmem as dm  # noqa: E402
 from continual import KRRStrategy, NCMStrategy, split_benchmark  # noqa: E402
-from continual.benchmarks import cache_file  # noqa: E402
+from distillmem.feature_cache import cache_path as cache_file  # noqa: E402
 from continual.data import ExperienceData, read_experience  # noqa: E402
 
 pytestmark = [

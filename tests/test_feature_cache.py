@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import distillmem as dm
-from distillmem.feature_cache import FeatureCache, data_identity
+from distillmem.feature_cache import FeatureCache, cache_path, data_identity
 
 
 def counting(fmap: dm.features.FeatureMap) -> list[int]:
@@ -99,6 +99,16 @@ def test_pretrained_image_size_and_backbone_are_part_of_the_key(tmp_path):
         dm.cached_features(dm.features.Pretrained("efficientnet-lite0", (1, 8, 8), image_size=40), x, path, progress=False)
     with pytest.raises(ValueError, match="backbone: cached 'efficientnet-lite0', given 'efficientnet-lite1'"):
         dm.cached_features(dm.features.Pretrained("efficientnet-lite1", (1, 8, 8), image_size=32), x, path, progress=False)
+
+
+def test_cache_path_names_a_backbone_by_name_and_size_and_other_maps_by_their_spec(tmp_path, fcnn):
+    pytest.importorskip("timm", reason='needs the optional extra: pip install "distillmem[pretrained]"')
+    lite0 = dm.features.Pretrained("efficientnet-lite0", (3, 32, 32), image_size=160)
+    assert cache_path(tmp_path, "cifar10", "train", lite0) == tmp_path / "cifar10-train-efficientnet-lite0-160.dmf"
+    name = cache_path(tmp_path, "digits", "test", fcnn).name
+    assert name.startswith(f"digits-test-{fcnn.name}-") and name.endswith(".dmf")
+    # Another spec of the same kind of map gets another file.
+    assert cache_path(tmp_path, "digits", "test", dm.features.from_spec({**fcnn.spec(), "seed": 99})).name != name
 
 
 def test_corrupt_file_is_refused_and_kept_even_on_refresh(tmp_path, images, fcnn):

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from distillmem.feature_cache import cache_path
 from distillmem.features import Identity, RandomLinear
 from federated import Config, simulate
 from federated import features
@@ -84,7 +85,8 @@ def test_moments_on_backbone_features_equal_ridge_on_all_of_them(stand_in, tmp_p
 def test_one_cache_file_per_split_computed_once_and_reused(stand_in, tmp_path):
     first = _run(feature_cache=str(tmp_path), mode="means")
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == [f"digits-test-{BACKBONE}-32.dmf", f"digits-train-{BACKBONE}-32.dmf"]
+    # Named as every cache of the engine names it (a real backbone gives digits-<split>-<backbone>-32.dmf).
+    assert files == sorted(cache_path(tmp_path, "digits", split, stand_in[32]).name for split in ("train", "test"))
     digits = load_images("digits", "")
     # Server and clients share the cached splits: the map ran once over each split, not once per client.
     assert stand_in[32].rows == len(digits.x_train) + len(digits.x_test)
@@ -122,9 +124,9 @@ def test_a_client_with_another_backbone_is_rejected(stand_in, tmp_path):
 
 def test_a_cache_made_from_another_map_or_dataset_is_refused(stand_in, tmp_path):
     _run(feature_cache=str(tmp_path), mode="means")
-    target = tmp_path / f"digits-train-{BACKBONE}-32.dmf"
+    target = cache_path(tmp_path, "digits", "train", stand_in[32])
     # Another map's features under this map's file name: the key stored in the file says so.
-    (tmp_path / f"digits-train-{BACKBONE}-16.dmf").write_bytes(target.read_bytes())
+    cache_path(tmp_path, "digits", "train", CountingMap(seed=16)).write_bytes(target.read_bytes())
     features._split_features.cache_clear()
     with pytest.raises(ValueError, match="made from other inputs: the feature map differs"):
         _run(feature_cache=str(tmp_path), image_size=16, mode="means")
@@ -134,7 +136,7 @@ def test_a_cache_made_from_another_map_or_dataset_is_refused(stand_in, tmp_path)
     images = load_images("digits", "").x_train
     from distillmem.feature_cache import cached_features
 
-    cached_features(stand_in[32], images[:100], other / f"digits-train-{BACKBONE}-32.dmf", progress=False)
+    cached_features(stand_in[32], images[:100], cache_path(other, "digits", "train", stand_in[32]), progress=False)
     features._split_features.cache_clear()
     with pytest.raises(ValueError, match="made from other inputs: the data differ"):
         _run(feature_cache=str(other), mode="means")
