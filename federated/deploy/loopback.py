@@ -17,18 +17,13 @@ from typing import Any
 
 import tomli_w
 
+from ..local_run import OFFLINE_ENV
 from ..task import Config
 from .certs import Certificates, make_certificates, make_node_key
 from .processes import MARKER, DeploymentError, ProcessSet, executable, free_port
 
 #: The connection profile name in the private FLWR_HOME's config.toml.
 PROFILE = "deployment"
-#: Settings for an offline run: no runtime `uv sync`, no telemetry, no update check.
-OFFLINE_ENV = {
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-}
 POLL_S = 0.5
 #: Seconds between two `flwr list` status checks while waiting for the results.
 STATUS_EVERY_S = 15.0
