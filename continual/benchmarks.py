@@ -17,7 +17,7 @@ from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dat
 
 from distillmem.data import DATASETS, load_dataset
 from distillmem.feature_cache import cache_path, cached_features
-from distillmem.features import FeatureMap, Pretrained
+from distillmem.features import FeatureMap
 
 #: Images per forward pass of a feature map.
 _CHUNK = 500

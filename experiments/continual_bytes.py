@@ -129,7 +129,6 @@ def krr_seed(args, seed: int) -> dict:
     features = [ExperienceData(fmap(t.x.reshape(-1, d).double()), t.y, t.task_label) for t in data]
     f_all, y_all = torch.cat([f.x for f in features]), torch.cat([t.y for t in data])
     f_test = fmap(x_test)
-    x_all = torch.cat([t.x for t in data]).reshape(-1, d).double()
     rows = []
     for r in args.points:
         on_features = lambda **kw: KRRStrategy(feature_map=Identity(), reg=args.reg, n_classes=k, **kw)  # noqa: E731

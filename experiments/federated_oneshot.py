@@ -358,10 +358,10 @@ def markdown(payload: dict) -> str:
         *([f"Merged from {len(payload['parts'])} runs (part: command, code commit): "
            + "; ".join(f"{i}: `{part['command']}`, {part['code']}" for i, part in enumerate(payload["parts"])) + ".", ""]
           if "parts" in payload else []),
-        *([f"Re-measured (a later part replaced an earlier one's run): " + "; ".join(
+        *(["Re-measured (a later part replaced an earlier one's run): " + "; ".join(
             f"{r['method']}, {r['partition']}, seed {r['seed']}: part {r['part']} by part {r['by']}" for r in payload["replaced"]) + ".", ""]
           if payload.get("replaced") else []),
-        *([f"Runs in which not every client's upload arrived before the deadline (the head lacks their data): " + "; ".join(
+        *(["Runs in which not every client's upload arrived before the deadline (the head lacks their data): " + "; ".join(
             f"{r['method']}, {r['partition']}, seed {r['seed']}: {r['accepted']} of {setup['clients']}" for r in short) + ".", ""]
           if (short := [r for r in payload["runs"] if r["accepted"] < setup["clients"]]) else []),
         *([f"Left out when merging: {payload['dropped']['runs']} runs of "

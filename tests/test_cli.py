@@ -16,7 +16,6 @@ from distillmem.container import digest
 from distillmem import DistilledSet
 from distillmem.cli import main
 from distillmem.data import load_dataset
-from distillmem.viz import CONTRASTS, image_grid
 
 
 @pytest.fixture(scope="module")

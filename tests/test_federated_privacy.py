@@ -10,10 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from scipy.stats import chi2
 
-import distillmem as dm
 from distillmem.features import Identity
 from distillmem.private_stats import gaussian_sigma, statistics_sensitivity
 from federated import simulate

