@@ -312,9 +312,12 @@ def make_upload(cfg: Config, fmap: FeatureMap, x: np.ndarray, y: np.ndarray, k: 
     # closed form ill-posed through a nonlinear preimage; its target column is zero in the upload.
     present = np.unique(y)
     local = np.searchsorted(present, y)
-    syn = dm.distill(x.astype(np.float64), local, ipc=cfg.ipc, feature_map=fmap, reg=float(cfg.reg), n_classes=present.size, seed=cfg.seed)
+    # A client holding one class still has a local head (one target column); an empty second
+    # class keeps distill's labels well-formed and gets no points.
+    syn = dm.distill(x.astype(np.float64), local, ipc=cfg.ipc, feature_map=fmap, reg=float(cfg.reg),
+                     n_classes=max(present.size, 2), seed=cfg.seed)
     targets = np.zeros((len(syn), k))
-    targets[:, present] = syn.y.numpy()
+    targets[:, present] = syn.y.numpy()[:, : present.size]
     counts = np.bincount(y, minlength=k).astype(np.int64)
     return {"x": syn.x.numpy(), "targets": targets, "reg": np.array([syn.reg]), "counts": counts}
 

@@ -26,6 +26,7 @@ from federated.task import (
     make_upload,
     sketch_layout,
     split_training,
+    upload_head,
     upload_statistics,
 )
 from distillmem.sketch import GramSketch
@@ -202,6 +203,21 @@ def test_ipc_server_averages_each_class_row_of_the_local_heads_by_class_count():
         rows = rows + counts[:, None] * dm.KRR(fmap, reg=1.0, n_classes=10).fit(x.astype(np.float64), y).weights_
         totals = totals + counts
     assert _rel(result["head"].weights_, rows / totals[:, None]) < 1e-6
+
+
+def test_ipc_client_holding_a_single_class_uploads_its_local_head():
+    # Under strong label skew a client may hold one class only; its upload must still reproduce its local KRR head.
+    cfg = Config(num_clients=3, mode="ipc", ipc=2)
+    x, y, _, _ = client_partition(cfg, 0, 3, "")
+    one = y == y[0]
+    x, y = x[one], y[one]
+    fmap = make_feature_map(cfg, 64)
+    arrays = make_upload(cfg, fmap, x, y, 10, 0)
+    assert arrays["targets"].shape == (2, 10) and np.all(arrays["targets"][:, np.arange(10) != y[0]] == 0)
+    head, counts = upload_head(cfg, fmap, arrays, 10)
+    expected = dm.KRR(fmap, reg=1.0, n_classes=10).fit(x.astype(np.float64), y).weights_.numpy()
+    assert _rel(torch.as_tensor(head), torch.as_tensor(expected)) < 1e-6
+    assert counts[y[0]] == one.sum() and counts.sum() == one.sum()
 
 
 def test_sketch_with_full_rank_is_exact_and_beats_moments_at_equal_rows():
