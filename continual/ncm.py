@@ -7,12 +7,12 @@ from typing import Any
 
 import torch
 from avalanche.training.plugins.evaluation import default_evaluator
-from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
 from distillmem.features import FeatureMap
 
-from .data import ExperienceData, check_fits, read_experience
+from .data import ExperienceData, check_fits
+from .template import ClosedFormTemplate
 
 METRICS = ("cosine", "euclidean")
 
@@ -43,7 +43,7 @@ class NCMHead(nn.Module):
         return scores.masked_fill(~self.seen, -torch.inf).to(torch.float32)
 
 
-class NCMStrategy(SupervisedTemplate):
+class NCMStrategy(ClosedFormTemplate):
     """A nearest-class-mean learner on a fixed map: ``train(experience)`` adds the experience to per-class sums.
 
     The memory is the per-class sums of phi(x) (k, p) float64 and counts (k,)
@@ -80,44 +80,24 @@ class NCMStrategy(SupervisedTemplate):
         evaluator: Any = default_evaluator,
         eval_every: int = -1,
     ) -> None:
-        if not isinstance(feature_map, FeatureMap):
-            raise TypeError(f"feature_map must be a distillmem FeatureMap, got {type(feature_map).__name__}")
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-        if n_classes is not None and (isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1):
-            raise ValueError(f"n_classes must be None or an integer >= 1, got {n_classes!r}")
         super().__init__(
-            model=NCMHead(feature_map, metric),
-            optimizer=None,
+            NCMHead(feature_map, metric),
+            feature_map=feature_map,
+            n_classes=n_classes,
             train_mb_size=train_mb_size,
-            train_epochs=1,
             eval_mb_size=eval_mb_size,
             device=device,
             plugins=plugins,
             evaluator=evaluator,
             eval_every=eval_every,
         )
-        self.feature_map = feature_map
         self.metric = metric
-        self.n_classes = n_classes
-
-    def make_optimizer(self, **kwargs: Any) -> None:
-        """No optimizer: the means are sums and counts."""
-
-    def training_epoch(self, **kwargs: Any) -> None:
-        declared = getattr(self.experience, "classes_in_this_experience", None)
-        self.absorb(read_experience(self.adapted_dataset, classes=declared))
 
     def absorb(self, data: ExperienceData) -> None:
         """Add an experience's samples to the per-class sums and refresh the means; nothing changes on error."""
-        if self.n_classes is None:
-            k = getattr(getattr(self.experience, "benchmark", None), "n_classes", None)
-            if k is None:
-                raise ValueError("n_classes is unknown: pass NCMStrategy(..., n_classes=k)")
-            self.n_classes = int(k)
-        k = self.n_classes
-        if int(data.y.max()) >= k:
-            raise ValueError(f"the experience has class {int(data.y.max())}, outside n_classes={k}")
+        k = self._checked_n_classes(data)
         check_fits(self.feature_map, data)
         with torch.inference_mode():
             features = self.feature_map(data.x.reshape(data.x.shape[0], -1).to(torch.float64)).to(torch.float64)

@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 from avalanche.training.plugins.evaluation import default_evaluator
-from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
 import distillmem as dm
@@ -16,7 +15,8 @@ from distillmem.features import FeatureMap
 from distillmem.memory import SHRINKS
 from distillmem.sketch import GramSketch
 
-from .data import ExperienceData, check_fits, read_experience
+from .data import ExperienceData, check_fits
+from .template import ClosedFormTemplate
 
 MEMORIES = ("moments", "sketch", "per-class")
 #: lambda candidates of ``reg="auto"``: 10^-6 .. 10^5.5, as in the paper's grid.
@@ -38,7 +38,7 @@ class KRRHead(nn.Module):
         return (features @ self.weights.T).to(torch.float32)
 
 
-class KRRStrategy(SupervisedTemplate):
+class KRRStrategy(ClosedFormTemplate):
     """Continual KRR on a fixed feature map: ``train(experience)`` absorbs the data into a memory and refits the head.
 
     ``model`` is a ``KRRHead`` (a torch module giving class scores), so
@@ -117,8 +117,6 @@ class KRRStrategy(SupervisedTemplate):
         evaluator: Any = default_evaluator,
         eval_every: int = -1,
     ) -> None:
-        if not isinstance(feature_map, FeatureMap):
-            raise TypeError(f"feature_map must be a distillmem FeatureMap, got {type(feature_map).__name__}")
         if memory not in MEMORIES:
             raise ValueError(f"memory must be one of {MEMORIES}, got {memory!r}")
         if isinstance(reg, str):
@@ -134,48 +132,34 @@ class KRRStrategy(SupervisedTemplate):
             raise ValueError(f"max_points must be None or an integer >= 1, got {max_points!r}")
         if shrink not in SHRINKS:
             raise ValueError(f"shrink must be one of {SHRINKS}, got {shrink!r}")
-        if n_classes is not None and (isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1):
-            raise ValueError(f"n_classes must be None or an integer >= 1, got {n_classes!r}")
         grid = REG_GRID if reg_grid is None else tuple(float(r) for r in reg_grid)
         if not grid or min(grid) < 0 or not all(math.isfinite(r) for r in grid):
             raise ValueError(f"reg_grid must be a non-empty sequence of finite values >= 0, got {reg_grid!r}")
         super().__init__(
-            model=KRRHead(feature_map),
-            optimizer=None,
+            KRRHead(feature_map),
+            feature_map=feature_map,
+            n_classes=n_classes,
             train_mb_size=train_mb_size,
-            train_epochs=1,
             eval_mb_size=eval_mb_size,
             device=device,
             plugins=plugins,
             evaluator=evaluator,
             eval_every=eval_every,
         )
-        self.feature_map = feature_map
         self.reg = reg
         self.max_points = max_points
         self.shrink = shrink
         self.memory_kind = memory
         self.correction = bool(correction)
         self.ipc = ipc
-        self.n_classes = n_classes
         self.reg_grid = grid
         self.memory: dm.MomentMemory | GramSketch | dm.DistilledSet | None = None
         self.memory_classes_: tuple[int, ...] = ()
 
-    # -- the template's SGD steps, replaced by one closed-form pass -------------------
-    def make_optimizer(self, **kwargs: Any) -> None:
-        """No optimizer: the head is solved in closed form."""
-
-    def training_epoch(self, **kwargs: Any) -> None:
-        declared = getattr(self.experience, "classes_in_this_experience", None)
-        self.absorb(read_experience(self.adapted_dataset, classes=declared))
-
     # -- the pure update --------------------------------------------------------------
     def absorb(self, data: ExperienceData) -> None:
         """Fold an experience's samples into the memory and refit the head; nothing changes on error."""
-        k = self._resolve_n_classes()
-        if int(data.y.max()) >= k:
-            raise ValueError(f"the experience has class {int(data.y.max())}, outside n_classes={k}")
+        k = self._checked_n_classes(data)
         check_fits(self.feature_map, data)
         x = data.x.reshape(data.x.shape[0], -1).to(torch.float64)
         if self.memory_kind == "moments":
@@ -263,15 +247,6 @@ class KRRStrategy(SupervisedTemplate):
             corrected = self.memory.correction_ is not None
             return self.memory.sketch_.shape[0] + (self.memory.cross_.shape[1] if corrected else 0)
         return self.memory.n_points if isinstance(self.memory, dm.MomentMemory) else len(self.memory)
-
-    def _resolve_n_classes(self) -> int:
-        if self.n_classes is None:
-            benchmark = getattr(self.experience, "benchmark", None)
-            k = getattr(benchmark, "n_classes", None)
-            if k is None:
-                raise ValueError("n_classes is unknown: pass KRRStrategy(..., n_classes=k)")
-            self.n_classes = int(k)
-        return self.n_classes
 
 
 def select_reg(memory: dm.MomentMemory, grid: Sequence[float]) -> float:
