@@ -295,6 +295,24 @@ def progress(iterable: Iterable[T], desc: str, total: int | None = None) -> Iter
     return tqdm(iterable, desc=desc, total=total, disable=None, leave=False, dynamic_ncols=True)
 
 
+def load_note(load_average: Sequence[float], *, sentence: bool = True) -> str:
+    """How far to trust a run's wall times, from the load averages at its start and end.
+
+    A load above the machine's cores means other jobs competed for them: the
+    times are then upper bounds, and the note says so. ``sentence=False``
+    gives a clause to put in parentheses.
+    """
+    start, end = load_average
+    cores = os.cpu_count() or 1
+    measured = f"load average {start:.1f} at the start and {end:.1f} at the end, {cores} cores"
+    quiet = max(start, end) <= cores
+    if not sentence:
+        return f"a quiet machine, {measured}" if quiet else f"a machine shared with other jobs, {measured}: an upper bound"
+    if quiet:
+        return f"Wall times were measured on a quiet machine ({measured})."
+    return f"Wall times were measured on a machine shared with other jobs ({measured}): they are upper bounds."
+
+
 def peak_rss_gb() -> float:
     """VmHWM, the peak resident memory of this process image, in GB (10^9 bytes).
 

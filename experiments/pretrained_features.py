@@ -89,8 +89,7 @@ def markdown(payload: dict) -> str:
         "",
         f"`{payload['command']}`",
         "",
-        f"{payload['machine']}; load average {payload['load_average'][0]:.1f} at the start of this run, "
-        f"{payload['load_average'][1]:.1f} at its end (a machine shared with other jobs: wall times are upper bounds).",
+        f"{payload['machine']}. {harness.load_note(payload['load_average'])}",
         "",
         f"Weights sha256 `{spec['weights_sha256']}`; p = {payload['p']} pooled features.",
         "",
@@ -122,13 +121,16 @@ def readme(payload: dict) -> str:
     extract = sum(row["extract_seconds"] for row in splits.values())
     cached = sum(row["cached_call_seconds"] for row in splits.values())
     n = sum(row["n"] for row in splits.values())
+    if all(row["computed_in_this_run"] for row in splits.values()):
+        timing = harness.load_note(payload["load_average"], sentence=False)
+    else:
+        timing = "as recorded when the caches were made, under a load this run did not record"
     return (
         f"Joint ridge on the {spec['backbone']} features ({spec['image_size']} px) of all {splits['train']['n']:,} "
         f"CIFAR-10 training images: **{100 * ridge['test_accuracy']:.2f}%** test accuracy "
         f"(λ = {harness.sci(ridge['reg'])} by `reg=\"auto\"`). Extracting the features of all {n:,} images took "
-        f"{_minutes(extract)} on {payload['machine'].split(', torch')[0]}, a machine shared with other jobs, so "
-        f"an upper bound; a later run gets them from the cache in {cached:.1f} s, hashing the images included "
-        f"(`{payload['command']}`)."
+        f"{_minutes(extract)} on {payload['machine'].split(', torch')[0]} ({timing}); a later run gets them from "
+        f"the cache in {cached:.1f} s, hashing the images included (`{payload['command']}`)."
     )
 
 

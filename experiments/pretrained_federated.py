@@ -369,9 +369,7 @@ def markdown(payload: dict) -> str:
         "",
         *fedcof_table(payload),
         "",
-        "Wall times were measured on a machine shared with other jobs (load average "
-        f"{payload['load_average'][0]:.1f} at the start and {payload['load_average'][1]:.1f} at the end, 2 cores), "
-        f"with {setup['threads']} thread(s): they are inflated and only indicative.",
+        f"{harness.load_note(payload['load_average'])} Torch threads: {setup['threads']}.",
         "",
     ]
     for (clients, cell), rows in table.items():

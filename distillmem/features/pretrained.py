@@ -164,7 +164,39 @@ def load_backbone(backbone: str) -> nn.Module:
     model = timm.create_model(info.timm_name, pretrained=False)
     model.load_state_dict(map_packaged_state(packaged, model), strict=True)
     model.reset_classifier(0)  # forward now ends at the pooled features
-    return model.eval().requires_grad_(False)
+    model = _fold_batch_norms(model.eval().requires_grad_(False), timm.layers.BatchNormAct2d)
+    # NHWC lets oneDNN run the depthwise convolutions about twice as fast on a CPU.
+    return model.to(memory_format=torch.channels_last)
+
+
+def _fold_batch_norms(model: nn.Module, norm_class: type[nn.Module]) -> nn.Module:
+    """Fold every frozen batch norm into the convolution before it, in place.
+
+    In eval mode a batch norm is a per-channel affine map, so
+    conv -> norm -> act equals conv' -> act with the weights scaled and a bias
+    added; computed in float64 and rounded once, the features move by about
+    1e-6 relative while a CPU forward pass gets about a quarter faster. In
+    timm's EfficientNets each norm is the next non-identity child after its
+    convolution, in definition order.
+    """
+    for parent in model.modules():
+        conv: nn.Conv2d | None = None
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Conv2d):
+                conv = child
+            elif isinstance(child, norm_class):
+                if conv is None:
+                    raise RuntimeError(f"batch norm {name!r} of {type(parent).__name__} follows no convolution")
+                scale = child.weight.double() / torch.sqrt(child.running_var.double() + child.eps)
+                weight = conv.weight.double() * scale.reshape(-1, 1, 1, 1)
+                bias = child.bias.double() - child.running_mean.double() * scale
+                conv.weight = nn.Parameter(weight.to(conv.weight.dtype), requires_grad=False)
+                conv.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)
+                setattr(parent, name, nn.Sequential(child.drop, child.act))
+                conv = None
+            elif not isinstance(child, nn.Identity):
+                conv = None
+    return model
 
 
 class Pretrained(FeatureMap):
@@ -187,8 +219,8 @@ class Pretrained(FeatureMap):
         The sha256 recorded in a spec; it must be the pinned one.
     batch_size : int
         Images per backbone pass. Small batches keep a CPU's caches warm
-        (8 images ran about 2.5 times faster per image than 128); raise it on
-        a GPU. It changes the features by float rounding at most, so it is not
+        (on 2 cores, 8 images ran about 20% faster per image than 32); raise it
+        on a GPU. It changes the features by float rounding at most, so it is not
         part of ``spec()``.
 
     Inputs are flattened rows (n, C*H*W), as the engine passes them, or
@@ -275,7 +307,8 @@ class Pretrained(FeatureMap):
         images = images * self.input_scale.to(images) + self.input_shift.to(images)
         if images.shape[-2:] != (self.image_size, self.image_size):
             images = F.interpolate(images, size=(self.image_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
-        return images.expand(-1, 3, -1, -1) if self.image_shape[0] == 1 else images
+        images = images.expand(-1, 3, -1, -1) if self.image_shape[0] == 1 else images
+        return images.contiguous(memory_format=torch.channels_last)
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         parts = [self.backbone(self.backbone_input(part)) for part in x.split(self.batch_size)]
