@@ -6,9 +6,11 @@ ServerApp code, and the same head, as the Simulation Engine on Ray), FCNN
 features (``RandomFCNN(d, seed=0)``), lambda fixed. Bytes are those of the
 serialised upload arrays as Flower counts them. The baselines on the same
 features and partitions: centralized KRR on the whole training split (the
-upper bound, computed once), and FedAvg of a linear head (``federated.fedavg``,
-all clients every round, weighted by local sample counts), whose accuracy is
-recorded after every round; each round a client uploads the head once. Seeds
+upper bound, computed once), and FedAvg of a linear head and of a one-hidden-layer
+MLP, run by Flower's own ``FedAvg`` strategy with the project's FedAvg
+ClientApp (``federated.simulate_fedavg``, in-process grid; all clients every
+round, weighted by local sample counts), whose accuracy is recorded after
+every round; each round a client uploads its model once. Seeds
 change the partition, the random real subsets, the distillation noise and
 FedAvg's initialisation and batches; the feature map stays fixed.
 
@@ -53,7 +55,17 @@ METHODS: dict[str, tuple[str, dict]] = {
 }
 #: (partition, alpha) cells, named as on the command line.
 PARTITIONS = {"iid": ("iid", 0.5), "dir0.5": ("dirichlet", 0.5), "dir0.1": ("dirichlet", 0.1)}
-FEDAVG = "FedAvg, linear head"
+FEDAVG = "FedAvg, linear head"  # the FedAvg whose rounds-to-reach the tables give
+
+
+def fedavg_label(entry: dict) -> str:
+    """A FedAvg run's row: the linear head (runs before the MLP existed carry no "model") or the MLP."""
+    model = entry.get("model", "linear")
+    return FEDAVG if model == "linear" else f"FedAvg, MLP ({model.removeprefix('mlp-')} hidden)"
+
+
+def is_fedavg(label: str) -> bool:
+    return label.startswith("FedAvg")
 #: Targets of issue 8 on 10 clients: largest gap (points) to centralized KRR per Dirichlet alpha, and of refinement.
 ONESHOT_GAP = {"dir0.5": 0.5, "dir0.1": 1.5}
 REFINE_GAP = 0.1
@@ -72,13 +84,11 @@ AT_MOST_100 = ("sketch 1 row (r=1)", "sketch 10 rows (r=10)", "sketch 20 rows (r
 def measure(args) -> dict:
     import numpy as np
     import torch
-    from flwr.app import Array, ArrayRecord
     from threadpoolctl import threadpool_limits
 
     import distillmem as dm
-    from federated import Config, simulate
-    from federated.fedavg import FedAvg
-    from federated.task import client_partition, load_arrays, make_feature_map
+    from federated import Config, simulate, simulate_fedavg
+    from federated.task import load_arrays, make_feature_map
 
     torch.set_num_threads(args.threads)
     threadpool_limits(args.threads)
@@ -115,19 +125,20 @@ def measure(args) -> dict:
                       f"({runs[-1]['total_bytes']:,} bytes, {result['wall_time_s']:.1f} s)", flush=True)
             if args.fedavg_rounds == 0:
                 continue
-            cfg = Config(dataset=args.dataset, data_path=data_path or "-", num_clients=args.clients, partition=partition,
-                         alpha=alpha, seed=seed)
-            clients = [client_partition(cfg, i, args.clients, data_path)[:2] for i in range(args.clients)]
-            start = time.monotonic()
-            model = FedAvg(fmap, rounds=args.fedavg_rounds, lr=args.fedavg_lr, batch_size=args.fedavg_batch,
-                           local_epochs=1, seed=seed).fit(clients, n_classes=data.n_classes, eval_set=(data.x_test, data.y_test))
-            per_round = int(ArrayRecord({k: Array(v) for k, v in model.parameters_().items()}).count_bytes())
-            fedavg.append({
-                "partition": cell, "seed": seed, "accuracy": [h["accuracy"] for h in model.history_],
-                "bytes_per_client_per_round": per_round, "wall_time_s": time.monotonic() - start,
-            })
-            print(f"{cell} seed {seed} {FEDAVG}: {100 * model.history_[-1]['accuracy']:.2f}% after "
-                  f"{args.fedavg_rounds} rounds ({fedavg[-1]['wall_time_s']:.1f} s)", flush=True)
+            models = [("linear", 0)] * ("linear" in args.fedavg_models) + [(f"mlp-{args.fedavg_mlp}", args.fedavg_mlp)] * ("mlp" in args.fedavg_models)
+            for model, hidden in models:
+                result = simulate_fedavg(
+                    dataset=args.dataset, data=data_path or None, num_clients=args.clients, partition=partition, alpha=alpha,
+                    feature_map="fcnn", seed=seed, rounds=args.fedavg_rounds, lr=args.fedavg_lr, batch_size=args.fedavg_batch,
+                    hidden=hidden, engine="inprocess", deadline_s=args.deadline,
+                )
+                fedavg.append({
+                    "partition": cell, "seed": seed, "model": model, "engine": "flower-strategy",
+                    "accuracy": result["accuracy"], "bytes_per_client_per_round": result["upload_bytes_per_round"],
+                    "wall_time_s": result["wall_time_s"],
+                })
+                print(f"{cell} seed {seed} {fedavg_label(fedavg[-1])}: {100 * result['accuracy'][-1]:.2f}% after "
+                      f"{args.fedavg_rounds} rounds ({result['wall_time_s']:.1f} s)", flush=True)
     load.append(os.getloadavg()[0])
     return {
         "code": _code_version(),
@@ -201,7 +212,7 @@ def merge(paths: list[Path], drop: list[str] = ()) -> dict:
                                  "by": offsets[i]})
             latest[key] = (i, run)
     runs = [run for _, run in latest.values()]
-    fed = [(f["partition"], f["seed"]) for part in parts for f in part["fedavg"]]
+    fed = [(f["partition"], f["seed"], fedavg_label(f)) for part in parts for f in part["fedavg"]]
     if len(set(fed)) != len(fed):
         raise SystemExit("--merge: the parts run FedAvg twice on some (partition, seed)")
     cells = {c for part in parts for c in part["setup"]["partitions"]}
@@ -246,13 +257,16 @@ def summary(payload: dict) -> dict[str, dict[str, dict]]:
                 "wall": mean(r["wall_time_s"] for r in runs),
                 "refinement": [r["refinement"] for r in runs],
             }
-        fed = [f for f in payload["fedavg"] if f["partition"] == cell]
-        if fed:
+        runs_of = {}
+        for f in payload["fedavg"]:
+            if f["partition"] == cell:
+                runs_of.setdefault(fedavg_label(f), []).append(f)
+        for label, fed in sorted(runs_of.items(), key=lambda item: item[0] != FEDAVG):
             finals = [f["accuracy"][-1] for f in fed]
             acc, std = _stats(finals)
             clients = payload["setup"]["clients"]
             per_round = fed[0]["bytes_per_client_per_round"]
-            rows[FEDAVG] = {
+            rows[label] = {
                 "acc": acc, "std": std, "gap": central - acc, "seeds": len(fed), "worst_gap": max(central - a for a in finals),
                 "bytes_client": per_round * len(fed[0]["accuracy"]), "bytes_total": per_round * clients * len(fed[0]["accuracy"]),
                 "wall": mean(f["wall_time_s"] for f in fed), "per_round": per_round,
@@ -286,6 +300,15 @@ def rounds_to_reach(curve: list[float], target: float) -> int | None:
 
 def _kb(n: float) -> str:
     return f"{n / 1e3:,.1f} kB" if n < 1e6 else f"{n / 1e6:,.2f} MB"
+
+
+def _fedavg_engines(payload: dict) -> str:
+    """Which code ran the FedAvg runs: Flower's own strategy, or (runs before it was used) the in-process loop."""
+    flower = sum(f.get("engine") == "flower-strategy" for f in payload["fedavg"])
+    loop = len(payload["fedavg"]) - flower
+    parts = ([f"{flower} by Flower's `FedAvg` strategy with the FedAvg ClientApp (`federated.simulate_fedavg`, in-process grid)"]
+             if flower else []) + ([f"{loop} by the in-process loop `federated.fedavg.FedAvg`"] if loop else [])
+    return f"FedAvg runs: {' and '.join(parts)}." if parts else ""
 
 
 def _cell_name(cell: str) -> str:
@@ -371,14 +394,13 @@ def markdown(payload: dict) -> str:
         f"FCNN features (`RandomFCNN(d, seed=0)`), "
         f"λ = {setup['reg']:g}; seeds {setup['seeds']}. One-shot runs use the app's in-process engine "
         f"(the same ClientApp/ServerApp code and head as the Simulation Engine on Ray). Centralized KRR on the whole "
-        f"training split: {100 * central:.2f}%. FedAvg: linear head on the same features, cross-entropy, SGD "
-        f"lr {fed['lr']:g}, batch {fed['batch_size']}, {fed['local_epochs']} local epoch, all clients every round, "
-        f"{fed['rounds']} rounds; its bytes are the uploads (one head per client per round; the download doubles them).",
+        f"training split: {100 * central:.2f}%. FedAvg: a linear head (and, where a row says so, a ReLU MLP with one "
+        f"hidden layer) on the same features, cross-entropy, SGD lr {fed['lr']:g}, batch {fed['batch_size']}, "
+        f"{fed['local_epochs']} local epoch, all clients every round, {fed['rounds']} rounds; its bytes are the uploads "
+        f"(one model per client per round; the download doubles them). {_fedavg_engines(payload)}",
         "",
         "Bytes are the serialised upload arrays as Flower counts them, per client (mean over clients and seeds) and in "
-        "total (mean over seeds). Wall times were measured on a machine shared with other jobs (load average "
-        f"{payload['load_average'][0]:.1f} at the start and {payload['load_average'][1]:.1f} at the end), with "
-        f"{setup['threads']} thread(s): they are inflated and only indicative.",
+        f"total (mean over seeds). {harness.load_note(payload['load_average'])} Torch threads: {setup['threads']}.",
         "",
     ]
     for cell, rows in table.items():
@@ -388,15 +410,17 @@ def markdown(payload: dict) -> str:
         curve = rows.get(FEDAVG, {}).get("curve")
         for label, row in rows.items():
             reach = "–"
-            if curve and label != FEDAVG:
+            if curve and not is_fedavg(label):
                 t = rounds_to_reach(curve, row["acc"])
                 reach = f"not in {len(curve)}" if t is None else f"{t} ({_kb(t * rows[FEDAVG]['per_round'] * setup['clients'])})"
-            bytes_client = (f"{_kb(row['per_round'])} per round" if label == FEDAVG else _kb(row["bytes_client"]))
+            bytes_client = (f"{_kb(row['per_round'])} per round" if is_fedavg(label) else _kb(row["bytes_client"]))
             lines.append(f"| {label} | {row['seeds']} | {100 * row['acc']:.2f} ± {100 * row['std']:.2f} | {100 * row['gap']:.2f} | "
                          f"{bytes_client} | {_kb(row['bytes_total'])} | {reach} | {row['wall']:.1f} |")
         if curve:
             marks = [t for t in (1, 2, 5, 10, 20, 50, 100, 200) if t <= len(curve)]
-            lines += ["", "FedAvg accuracy (seed mean) after " + ", ".join(f"{t}: {100 * curve[t - 1]:.2f}%" for t in marks) + " rounds."]
+            for label in (lb for lb in rows if is_fedavg(lb)):
+                lines += ["", f"{label} accuracy (seed mean) after "
+                          + ", ".join(f"{t}: {100 * rows[label]['curve'][t - 1]:.2f}%" for t in marks) + " rounds."]
         errors = weight_errors(payload, cell)
         if errors:
             accuracies = {r["seed"]: [a["accuracy"] for a in r["refinement"]] for r in payload["runs"]
@@ -437,7 +461,7 @@ def readme(payload: dict) -> str:
     for label in labels:
         shown_cells = [shown(table[c][label]) if label in table[c] else "–" for c in cells]
         held = [table[c][label] for c in cells if label in table[c]]
-        size = (f"{_kb(held[0]['per_round'])} per round" if label == FEDAVG
+        size = (f"{_kb(held[0]['per_round'])} per round" if is_fedavg(label)
                 else _kb(mean(row["bytes_client"] for row in held)))
         lines.append(f"| {label} | " + " | ".join(shown_cells) + f" | {size} |")
     found = targets(payload)
@@ -458,9 +482,9 @@ def plot(payload: dict, out: Path, name: str) -> list[Path]:
 
     def by_bytes(ax, rows: dict) -> None:
         for i, (label, row) in enumerate(rows.items()):
-            if label == FEDAVG:
+            if is_fedavg(label):
                 xs = [row["per_round"] * setup["clients"] * t for t in range(1, len(row["curve"]) + 1)]
-                ax.plot(xs, [100 * a for a in row["curve"]], "-", color="gray", label=label)
+                ax.plot(xs, [100 * a for a in row["curve"]], "-" if label == FEDAVG else "--", color="gray", label=label)
             else:
                 ax.errorbar(row["bytes_total"], 100 * row["acc"], yerr=100 * row["std"], fmt="osD^v<>"[i % 7], capsize=3,
                             color=plt.cm.tab20(i % 20), label=label)
@@ -470,10 +494,10 @@ def plot(payload: dict, out: Path, name: str) -> list[Path]:
         ax.set_xlabel("total upload bytes")
 
     def by_rounds(ax, rows: dict) -> None:
-        if FEDAVG in rows:
-            curve = rows[FEDAVG]["curve"]
-            ax.plot(range(1, len(curve) + 1), [100 * a for a in curve], "k-", label=FEDAVG)
-        for i, (label, row) in enumerate((lb, r) for lb, r in rows.items() if lb != FEDAVG):
+        for label in (lb for lb in rows if is_fedavg(lb)):
+            curve = rows[label]["curve"]
+            ax.plot(range(1, len(curve) + 1), [100 * a for a in curve], "k-" if label == FEDAVG else "k--", label=label)
+        for i, (label, row) in enumerate((lb, r) for lb, r in rows.items() if not is_fedavg(lb)):
             ax.axhline(100 * row["acc"], color=plt.cm.tab20(i % 20), lw=1, label=label)
         ax.set_xlabel("FedAvg round")
         ax.set_ylim(max(0, 100 * min(r["acc"] for r in rows.values()) - 5), central + 2)
@@ -499,14 +523,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="mnist", choices=("digits", "mnist", "fashion-mnist", "cifar10"))
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--partitions", nargs="+", default=list(PARTITIONS), choices=list(PARTITIONS))
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="METHOD",
-                        help="one-shot methods (default: all): " + "; ".join(METHODS))
+    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS), metavar="METHOD",
+                        help="one-shot methods (default: all; none: FedAvg only): " + "; ".join(METHODS))
     parser.add_argument("--reg", type=float, default=1.0)
     parser.add_argument("--deadline", type=float, default=300.0,
                         help="seconds the server waits for the uploads of each run (a slow machine may need more)")
     parser.add_argument("--fedavg-rounds", type=int, default=20, help="FedAvg rounds (0: no FedAvg run)")
     parser.add_argument("--fedavg-lr", type=float, default=0.1)
     parser.add_argument("--fedavg-batch", type=int, default=64)
+    parser.add_argument("--fedavg-models", nargs="+", default=["linear", "mlp"], choices=["linear", "mlp"],
+                        help="the FedAvg models to train (default: both)")
+    parser.add_argument("--fedavg-mlp", type=int, default=256, help="hidden units of the FedAvg MLP (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads (default: 1; faster on a busy machine)")
     parser.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
                         help="measure nothing: combine results of this script that hold other seeds or partitions")

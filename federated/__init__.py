@@ -14,7 +14,7 @@ from typing import Any
 
 from .task import Config
 
-__all__ = ["Config", "simulate"]
+__all__ = ["Config", "simulate", "simulate_fedavg"]
 
 ENGINES = ("ray", "inprocess")
 
@@ -64,8 +64,61 @@ def simulate(
         from .client_app import app as client_app
     from .server_app import server_app
 
+    return _run(lambda sink: server_app(cfg, sink), client_app, cfg, engine, ray_temp_dir)
+
+
+def simulate_fedavg(
+    dataset: str = "digits",
+    data: str | None = None,
+    *,
+    num_clients: int = 10,
+    partition: str = "dirichlet",
+    alpha: float = 0.5,
+    feature_map: str = "fcnn",
+    seed: int = 0,
+    rounds: int = 20,
+    local_epochs: int = 1,
+    lr: float = 0.1,
+    batch_size: int = 64,
+    momentum: float = 0.0,
+    loss: str = "cross_entropy",
+    hidden: int = 0,
+    engine: str = "ray",
+    ray_temp_dir: str | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """The FedAvg baseline through Flower's own ``FedAvg`` strategy, on the same partitions and features as ``simulate``.
+
+    ``fedavg_client_app`` trains the head (linear, or an MLP with ``hidden``
+    units) locally; ``fedavg_server_app`` runs the strategy for ``rounds``
+    rounds with every node every round. ``options`` are other run-config keys
+    (``feature_seed``, ``deadline_s``, ``results_path``, ...). Equals
+    ``federated.fedavg.FedAvg`` with the same settings and seed on the
+    clients' partitions, up to float rounding. Returns ``accuracy`` (test
+    accuracy after each round), ``initial_accuracy``, ``train_loss``,
+    ``upload_bytes_per_round`` (one node's model), ``nodes``,
+    ``wall_time_s`` and ``model`` (the global torch module).
+    """
+    from .fedavg import SETTINGS, check_settings
+    from .fedavg_client_app import app as client_app
+    from .fedavg_server_app import fedavg_server_app
+
+    if engine not in ENGINES:
+        raise ValueError(f"engine={engine!r}: must be one of {ENGINES}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds={rounds!r}: must be an integer >= 1")
+    cfg = Config(dataset=dataset, data_path=data or "", num_clients=num_clients, partition=partition, alpha=alpha,
+                 feature_map=feature_map, seed=seed, **options)
+    values = dict(local_epochs=local_epochs, lr=lr, batch_size=batch_size, momentum=momentum, loss=loss, hidden=hidden)
+    settings = {name: values[name] for name in SETTINGS}
+    check_settings(settings)
+    return _run(lambda sink: fedavg_server_app(cfg, settings, rounds, sink), client_app, cfg, engine, ray_temp_dir)
+
+
+def _run(make_server: Any, client_app: Any, cfg: Config, engine: str, ray_temp_dir: str | None) -> dict[str, Any]:
+    """Run the ServerApp that ``make_server(sink)`` builds with ``client_app`` on ``engine``; its results dict."""
     results: list[dict[str, Any]] = []
-    server = server_app(cfg, results.append)
+    server = make_server(results.append)
     if engine == "inprocess":
         _run_inprocess(server, client_app, cfg)
     else:

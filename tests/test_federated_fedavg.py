@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -104,3 +106,40 @@ def test_bad_clients_are_named():
         FedAvg(Identity(), rounds=1).fit([], n_classes=10)
     with pytest.raises(ValueError, match="n_classes=1"):
         FedAvg(Identity(), rounds=1).fit([(x, y)], n_classes=1)
+
+
+# -- the same FedAvg through Flower's own strategy (federated.fedavg_client_app / fedavg_server_app) -----------------
+
+
+@pytest.mark.parametrize("hidden", [0, 16])
+def test_flower_strategy_fedavg_equals_the_in_process_loop(hidden, tmp_path):
+    """Flower's FedAvg strategy with our ClientApp gives the in-process model: same init, batches and weighting."""
+    from federated import simulate_fedavg
+    from distillmem.features import RandomFCNN
+
+    settings = dict(rounds=3, lr=0.1, batch_size=16, hidden=hidden, seed=2)
+    results = tmp_path / "fedavg.json"
+    flower = simulate_fedavg(num_clients=3, engine="inprocess", results_path=str(results), **settings)
+    cfg = Config(num_clients=3, seed=2)
+    clients = [client_partition(cfg, i, 3, "")[:2] for i in range(3)]
+    fmap = RandomFCNN(DIGITS.x_train.shape[1], seed=0)
+    local = FedAvg(fmap, **settings).fit(clients, n_classes=10, eval_set=(DIGITS.x_test, DIGITS.y_test))
+    for name, value in local.model_.state_dict().items():
+        torch.testing.assert_close(flower["model"].state_dict()[name], value, rtol=1e-4, atol=1e-5)
+    assert flower["accuracy"] == pytest.approx([h["accuracy"] for h in local.history_], abs=2 / DIGITS.y_test.shape[0])
+    assert flower["train_loss"] == pytest.approx([h["train_loss"] for h in local.history_], rel=1e-4)
+    assert flower["accuracy"][-1] > flower["initial_accuracy"] + 0.3  # it learned
+    parameters = sum(t.numel() for t in local.model_.state_dict().values())
+    assert flower["nodes"] == 3 and flower["upload_bytes_per_round"] >= 4 * parameters  # float32, plus headers
+    assert json.loads(results.read_text())["accuracy"] == flower["accuracy"]
+
+
+def test_flower_strategy_fedavg_refuses_bad_settings_by_name():
+    from federated import simulate_fedavg
+
+    with pytest.raises(ValueError, match="lr="):
+        simulate_fedavg(num_clients=3, engine="inprocess", lr=0.0)
+    with pytest.raises(ValueError, match="rounds="):
+        simulate_fedavg(num_clients=3, engine="inprocess", rounds=0)
+    with pytest.raises(ValueError, match="loss="):
+        simulate_fedavg(num_clients=3, engine="inprocess", loss="hinge")

@@ -42,3 +42,23 @@ def test_simulation_engine_gives_the_in_process_head_and_leaves_no_ray_process()
     reasons = sorted(ray["clients"]["rejected"].values())
     assert "disk on fire" in reasons[0] and "NaN or Inf" in reasons[1]
     assert sorted(ray["upload_bytes"]) == sorted(local["upload_bytes"])
+
+
+def test_flower_fedavg_strategy_on_the_simulation_engine_matches_the_in_process_grid():
+    """Flower's FedAvg strategy with the FedAvg ClientApp on Ray: the in-process model, and no Ray process left."""
+    from federated import simulate_fedavg
+
+    temp = tempfile.mkdtemp(prefix="dmray-")
+    options = dict(num_clients=3, rounds=2, lr=0.1, batch_size=32, seed=1, deadline_s=120.0)
+    try:
+        ray = simulate_fedavg(engine="ray", ray_temp_dir=temp, **options)
+        left = _processes_under(temp)
+        for pid in left:
+            subprocess.run(["kill", str(pid)], check=False)
+        assert not left, f"Ray processes left running: {left}"
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    local = simulate_fedavg(engine="inprocess", **options)
+    for name, value in local["model"].state_dict().items():
+        torch.testing.assert_close(ray["model"].state_dict()[name], value, rtol=1e-5, atol=1e-6)
+    assert ray["nodes"] == 3 and len(ray["accuracy"]) == 2
