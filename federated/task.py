@@ -52,7 +52,8 @@ class Config:
     round on the clients' held-out splits (``"federated"``). ``max_points``
     caps the rows of an upload (0: the mode's own bound: p for "moments",
     required for "sketch" and "real"); for "sketch" it counts the sketch rows
-    and the k correction rows together (``sketch_layout``). ``dp_epsilon`` > 0
+    and the k rows of the correction (one-shot: of the target R - C) together
+    (``sketch_layout``). ``dp_epsilon`` > 0
     turns on differential privacy for "moments", "stats" and "ipc" with
     ``dp_delta`` and the feature-row bound ``dp_clip`` (federated/privacy.py).
     A ``feature_map`` naming a pretrained backbone runs it at ``image_size``
@@ -251,6 +252,15 @@ def sketch_layout(cfg: Config, p: int, k: int) -> tuple[int, bool]:
     return cfg.max_points - k, True
 
 
+def sends_target(cfg: Config, p: int, k: int) -> bool:
+    """Whether a "sketch" upload folds its cross moments and correction into one block, the target R - C.
+
+    A corrected one-shot head needs only R_i - C_i, so k rows do what 2k did;
+    refinement rounds need R exactly, so with ``rounds`` > 1 both are sent.
+    """
+    return cfg.mode == "sketch" and cfg.rounds == 1 and sketch_layout(cfg, p, k)[1]
+
+
 def upload_cap(cfg: Config, p: int, k: int) -> int:
     """The most rows the variable-length arrays of an upload of this config may carry."""
     if cfg.mode == "ipc":
@@ -266,9 +276,10 @@ def make_upload(cfg: Config, fmap: FeatureMap, x: np.ndarray, y: np.ndarray, k: 
     """The arrays one client sends for ``cfg.mode``, from its data x (n, d) float32 and labels y (n,).
 
     - moments: a MomentMemory's points, features (m, p) and targets (m, k), float64, m <= cap.
-    - sketch: exact cross moments (k, p) float64, the Gram's top r eigenpairs as rows (r, p) float32,
-      the bound Delta (1,) and the Gram's exact diagonal (p,), float64, and when ``sketch_layout``
-      says so the local-head correction (k, p) float64 (see distillmem.sketch).
+    - sketch: the Gram's top r eigenpairs as rows (r, p) float32, the bound Delta (1,) and the Gram's
+      exact diagonal (p,), float64 (see distillmem.sketch); then, when ``sketch_layout`` says corrected,
+      one-shot (``sends_target``): the target R - C (k, p) float32 alone; with refinement rounds: the exact
+      cross moments R and the local-head correction C, (k, p) float64 each; uncorrected: R alone.
     - stats: the Gram's upper triangle (p (p + 1) / 2,) and the cross moments (k, p), float64.
     - real: r random local points (r, d) float32 with their labels (r,) int64.
     - means: per-class feature means (k, p) float64 and counts (k,) int64.
@@ -287,10 +298,14 @@ def make_upload(cfg: Config, fmap: FeatureMap, x: np.ndarray, y: np.ndarray, k: 
         sketch = GramSketch(fmap, n_classes=k, rank=rank, reg=float(cfg.reg) if corrected else None).update(x.astype(np.float64), y)
         arrays = {
             "sketch": sketch.sketch_.numpy().astype(np.float32),
-            "cross": np.ascontiguousarray(sketch.cross_.numpy().T),
             "shrinkage": np.array([sketch.shrinkage_]),
             "diagonal": sketch.diagonal_.numpy(),
         }
+        if sends_target(cfg, p, k):
+            # float32 like the eigen-rows: the head moves by ~1e-7 relative, far below the sketch's own error.
+            arrays["target"] = np.ascontiguousarray((sketch.cross_ - sketch.correction_).numpy().T, dtype=np.float32)
+            return arrays
+        arrays["cross"] = np.ascontiguousarray(sketch.cross_.numpy().T)
         if corrected:
             arrays["correction"] = np.ascontiguousarray(sketch.correction_.numpy().T)
         return arrays
@@ -350,9 +365,13 @@ class UploadError(ValueError):
 def upload_schema(cfg: Config, d: int, p: int, k: int) -> dict[str, tuple[np.dtype, tuple[int | None, ...]]]:
     """Expected dtype and shape of every array of an upload (None: any length up to the cap)."""
     f64, f32, i64 = np.dtype(np.float64), np.dtype(np.float32), np.dtype(np.int64)
-    sketch = {"sketch": (f32, (None, p)), "cross": (f64, (k, p)), "shrinkage": (f64, (1,)), "diagonal": (f64, (p,))}
-    if cfg.mode == "sketch" and sketch_layout(cfg, p, k)[1]:
-        sketch["correction"] = (f64, (k, p))
+    sketch = {"sketch": (f32, (None, p)), "shrinkage": (f64, (1,)), "diagonal": (f64, (p,))}
+    if sends_target(cfg, p, k):
+        sketch["target"] = (f32, (k, p))
+    else:
+        sketch["cross"] = (f64, (k, p))
+        if cfg.mode == "sketch" and sketch_layout(cfg, p, k)[1]:
+            sketch["correction"] = (f64, (k, p))
     return {
         "moments": {"features": (f64, (None, p)), "targets": (f64, (None, k))},
         "sketch": sketch,
@@ -417,15 +436,19 @@ def upload_statistics(
         f, t = arrays["features"], arrays["targets"]
         return f.T @ f, f.T @ t, None
     if cfg.mode == "sketch":
-        corrected = "correction" in arrays
+        if "target" in arrays:  # R - C in one block: rebuilt as cross R - C with a zero correction
+            cross, correction = arrays["target"].T, np.zeros(arrays["target"].T.shape)
+        else:
+            cross, correction = arrays["cross"].T, arrays["correction"].T if "correction" in arrays else None
         try:
             sketch = GramSketch.from_arrays(
-                fmap, arrays["sketch"], arrays["cross"].T, float(arrays["shrinkage"][0]), arrays["diagonal"],
-                n_seen=n_local, n_features_in=d, correction=arrays["correction"].T if corrected else None,
-                reg=float(cfg.reg) if corrected else None,
+                fmap, arrays["sketch"], cross, float(arrays["shrinkage"][0]), arrays["diagonal"],
+                n_seen=n_local, n_features_in=d, correction=correction,
+                reg=None if correction is None else float(cfg.reg),
             )
         except ValueError as err:
             raise UploadError(str(err)) from None
+        corrected = sketch.correction_ is not None
         return sketch.gram(sketch.head_estimate).numpy(), sketch.cross_.numpy(), sketch.correction_.numpy() if corrected else None
     if cfg.mode == "stats":
         p = arrays["cross"].shape[1]

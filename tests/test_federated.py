@@ -28,6 +28,7 @@ from federated.task import (
     split_training,
     upload_head,
     upload_statistics,
+    validate_upload,
 )
 from distillmem.sketch import GramSketch
 
@@ -231,21 +232,46 @@ def test_sketch_with_full_rank_is_exact_and_beats_moments_at_equal_rows():
 
 
 @pytest.mark.parametrize(
-    "options, layout",
-    [({"max_points": 30}, (20, True)), ({"max_points": 8}, (8, False)), ({"max_points": 64}, (64, False)),
-     ({"max_points": 30, "reg": "auto"}, (30, False))],
+    "options, layout, block",
+    [({"max_points": 30}, (20, True), "target"), ({"max_points": 30, "rounds": 2}, (20, True), "correction"),
+     ({"max_points": 8}, (8, False), None), ({"max_points": 64}, (64, False), None),
+     ({"max_points": 30, "reg": "auto"}, (30, False), None)],
 )
-def test_sketch_rows_and_correction_rows_together_fit_max_points(options, layout):
+def test_sketch_rows_and_correction_rows_together_fit_max_points(options, layout, block):
+    """One-shot corrected uploads send R - C as one float32 block; refinement needs R and C apart."""
     cfg = Config(num_clients=4, mode="sketch", **options)
     assert sketch_layout(cfg, 64, 10) == layout
     x, y, _, _ = client_partition(cfg, 0, 4, "")
-    arrays = make_upload(cfg, make_feature_map(cfg, 64), x, y, 10, 0)
+    fmap = make_feature_map(cfg, 64)
+    arrays = make_upload(cfg, fmap, x, y, 10, 0)
     rank, corrected = layout
     assert arrays["sketch"].shape == (rank, 64) and arrays["sketch"].dtype == np.float32
-    assert ("correction" in arrays) == corrected
-    if corrected:
-        assert arrays["correction"].shape == (10, 64) and arrays["correction"].dtype == np.float64
-        assert arrays["sketch"].shape[0] + arrays["correction"].shape[0] <= options["max_points"]
+    expected = {"sketch", "shrinkage", "diagonal"} | ({"target"} if block == "target" else {"cross"} | ({"correction"} if corrected else set()))
+    assert set(arrays) == expected
+    if block is not None:
+        assert arrays[block].shape == (10, 64) and arrays[block].dtype == (np.float32 if block == "target" else np.float64)
+        assert arrays["sketch"].shape[0] + arrays[block].shape[0] <= options["max_points"]
+    if block == "target":
+        sk = GramSketch(fmap, 10, rank=rank, reg=1.0).update(x.astype(np.float64), y)
+        torch.testing.assert_close(torch.as_tensor(arrays["target"].T, dtype=torch.float64), sk.cross_ - sk.correction_,
+                                   rtol=1e-6, atol=1e-6 * float(sk.cross_.abs().max()))
+
+
+def test_one_shot_target_block_gives_the_statistics_of_separate_cross_moments_and_correction():
+    """Folding C into R on the client changes what the server adds up by float32 rounding only, and saves k rows."""
+    one_shot = Config(num_clients=4, mode="sketch", max_points=30)
+    apart = Config(num_clients=4, mode="sketch", max_points=30, rounds=2)
+    x, y, _, _ = client_partition(one_shot, 1, 4, "")
+    fmap = make_feature_map(one_shot, 64)
+    stats = {}
+    for name, cfg in (("one_shot", one_shot), ("apart", apart)):
+        arrays = make_upload(cfg, fmap, x, y, 10, 1)
+        validate_upload(cfg, arrays, x.shape[0], 64, 64, 10)
+        gram, cross, correction = upload_statistics(cfg, fmap, arrays, x.shape[0], 64, 10)
+        stats[name] = (gram, cross - correction, sum(a.nbytes for a in arrays.values()))
+    np.testing.assert_allclose(stats["one_shot"][0], stats["apart"][0], rtol=1e-12)
+    np.testing.assert_allclose(stats["one_shot"][1], stats["apart"][1], rtol=1e-6, atol=1e-6 * np.abs(stats["apart"][1]).max())
+    assert stats["apart"][2] - stats["one_shot"][2] == 10 * 64 * (8 + 8 - 4)  # R and C in float64 -> R - C in float32
 
 
 def test_corrected_sketch_head_uses_the_sum_of_the_clients_corrections():
@@ -453,27 +479,28 @@ def test_a_sketch_whose_diagonal_contradicts_its_rows_is_rejected():
     assert sorted(result["clients"]["accepted"]) == [2, 3]
 
 
-def test_a_sketch_correction_that_is_missing_misshapen_or_not_finite_is_rejected():
+@pytest.mark.parametrize("block, rounds", [("target", 1), ("correction", 2)])
+def test_a_sketch_correction_that_is_missing_misshapen_or_not_finite_is_rejected(block, rounds):
     def drop(r, m):
-        upload = {n: a.numpy() for n, a in r.content["upload"].items() if n != "correction"}
+        upload = {n: a.numpy() for n, a in r.content["upload"].items() if n != block}
         return _reply_with(r, m, record=ArrayRecord({n: Array(a) for n, a in upload.items()}))
 
     def misshapen(r, m):
-        return _reply_with(r, m, {"correction": _first(r, "correction")[:5]})
+        return _reply_with(r, m, {block: _first(r, block)[:5]})
 
     def nan(r, m):
-        corr = _first(r, "correction").copy()
+        corr = _first(r, block).copy()
         corr[2, 3] = np.nan
-        return _reply_with(r, m, {"correction": corr})
+        return _reply_with(r, m, {block: corr})
 
     result = simulate(
-        num_clients=4, mode="sketch", max_points=30, engine="inprocess", min_clients=1,
+        num_clients=4, mode="sketch", max_points=30, rounds=rounds, engine="inprocess", min_clients=1,
         client_app=_tampering_app({0: drop, 1: misshapen, 2: nan}),
     )
     rejected = {int(n): reason for n, reason in result["clients"]["rejected"].items()}
     assert "do not match mode 'sketch'" in rejected[1]
-    assert "correction has shape (5, 64), expected (10, 64)" in rejected[2]
-    assert "correction contains NaN or Inf" in rejected[3]
+    assert f"{block} has shape (5, 64), expected (10, 64)" in rejected[2]
+    assert f"{block} contains NaN or Inf" in rejected[3]
     assert result["clients"]["accepted"] == [4]
 
 
