@@ -225,7 +225,10 @@ def merge(paths: list[Path], drop: list[str] = ()) -> dict:
         "fedavg": [f for part in parts for f in part["fedavg"]],
         "parts": provenance,
         "replaced": replaced,
-        "dropped": {"methods": sorted(set(drop)), "runs": sum(run["method"] in drop for part in parts for run in part["runs"])},
+        # A merged input's own drops stay on record beside this merge's.
+        "dropped": {"methods": sorted(set(drop).union(*(part.get("dropped", {}).get("methods", []) for part in parts))),
+                    "runs": sum(run["method"] in drop for part in parts for run in part["runs"])
+                    + sum(part.get("dropped", {}).get("runs", 0) for part in parts)},
     }
 
 
