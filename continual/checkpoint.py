@@ -15,8 +15,8 @@ from distillmem.sketch import GramSketch
 from .strategy import KRRStrategy
 
 FORMAT = "distillmem.continual.KRRMemory"
-FORMAT_VERSION = "1"
-_TENSORS = {"moments": ("features", "targets"), "sketch": ("sketch", "cross", "diagonal"), "per-class": ("x", "y", "labels")}
+FORMAT_VERSION = "2"  # 2: a corrected sketch is stored folded, as R - C
+_TENSORS = {"moments": ("features", "targets"), "sketch": ("sketch", "diagonal"), "per-class": ("x", "y", "labels")}
 
 
 def save_memory(strategy: KRRStrategy, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
@@ -36,9 +36,8 @@ def save_memory(strategy: KRRStrategy, path: str | os.PathLike[str], *, overwrit
         tensors = {"features": memory.features_, "targets": memory.targets_}
         extra = {"n_seen": memory.n_seen_, "n_features_in": memory.n_features_in_}
     elif strategy.memory_kind == "sketch":
-        tensors = {"sketch": memory.sketch_, "cross": memory.cross_, "diagonal": memory.diagonal_}
-        if memory.correction_ is not None:
-            tensors["correction"] = memory.correction_
+        # Folded (with the correction): R - C alone; otherwise R.
+        tensors = {"sketch": memory.sketch_, "diagonal": memory.diagonal_, _cross_name(strategy): memory.target_}
         extra = {"n_seen": memory.n_seen_, "n_features_in": memory.n_features_in_, "shrinkage": memory.shrinkage_}
     else:
         tensors = {"x": memory.x, "y": memory.y, "labels": memory.labels}
@@ -78,7 +77,7 @@ def load_memory(strategy: KRRStrategy, path: str | os.PathLike[str]) -> KRRStrat
     for key, value in expected.items():
         if json.loads(json.dumps(value)) != meta.get(key):
             raise ValueError(f"{path} holds a memory with {key}={meta.get(key)!r}, the strategy has {value!r}")
-    names = _TENSORS[meta["kind"]] + (("correction",) if meta["kind"] == "sketch" and strategy.correction else ())
+    names = _TENSORS[meta["kind"]] + ((_cross_name(strategy),) if meta["kind"] == "sketch" else ())
     if set(tensors) != set(names):
         raise ValueError(f"{path} holds tensors {sorted(tensors)}, expected {list(names)}")
     k = int(meta["n_classes"])
@@ -90,9 +89,9 @@ def load_memory(strategy: KRRStrategy, path: str | os.PathLike[str]) -> KRRStrat
         weights = memory.fit_krr(float(meta["reg"])).weights_
     elif meta["kind"] == "sketch":
         memory = GramSketch.from_arrays(
-            strategy.feature_map, tensors["sketch"], tensors["cross"], float(meta["shrinkage"]), tensors["diagonal"],
-            n_seen=int(meta["n_seen"]), n_features_in=int(meta["n_features_in"]), rank=strategy.sketch_rank(k),
-            correction=tensors.get("correction"), reg=strategy.sketch_reg,
+            strategy.feature_map, tensors["sketch"], tensors[_cross_name(strategy)], float(meta["shrinkage"]),
+            tensors["diagonal"], n_seen=int(meta["n_seen"]), n_features_in=int(meta["n_features_in"]),
+            rank=strategy.max_points, reg=strategy.sketch_reg, fold=strategy.correction,
         )
         weights = memory.fit_krr(float(meta["reg"])).weights_
     else:
@@ -107,3 +106,7 @@ def load_memory(strategy: KRRStrategy, path: str | os.PathLike[str]) -> KRRStrat
     strategy.model.weights = weights
     return strategy
 
+
+def _cross_name(strategy: KRRStrategy) -> str:
+    """The sketch memory's k rows of cross moments: the folded target R - C with the correction, else R."""
+    return "target" if strategy.correction else "cross"

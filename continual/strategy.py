@@ -55,13 +55,13 @@ class KRRStrategy(ClosedFormTemplate):
       stream. ``max_points=r`` keeps at most r points (``shrink`` as in
       MomentMemory), trading exactness for size.
     - ``"sketch"``: ``memory`` is a ``distillmem.sketch.GramSketch``: the
-      cross moments Phi^T T (p, k) and the Gram's diagonal exactly, the top
-      eigenpairs of the Gram, and (``correction=True``) the correction (p, k)
-      of the heads at ``reg`` that each truncation changed, so only the Gram
-      is compressed. ``max_points`` counts the sketch rows plus the
-      correction's k rows: the sketch keeps ``max_points - k`` eigenpairs
-      with the correction, ``max_points`` without. Exact when ``max_points``
-      is None.
+      Gram's diagonal exactly, its top ``max_points`` eigenpairs as rows, and
+      k rows of cross moments: with ``correction=True`` (default) R - C, the
+      cross moments Phi^T T less the correction of the heads at ``reg`` that
+      each truncation changed (the sketch is folded: R and C are not kept
+      apart), without it R exactly. So ``max_points`` counts the eigen-rows,
+      and the memory holds max_points + k + 1 rows of p either way. Exact
+      when ``max_points`` is None.
     - ``"per-class"``: the paper's per-class set, for comparison: after each
       experience KRR is refitted on the set plus the new data and distilled
       again to ``ipc`` points per class seen (``memory`` is that
@@ -80,8 +80,8 @@ class KRRStrategy(ClosedFormTemplate):
     max_points, shrink : see MomentMemory.
     memory : {"moments", "sketch", "per-class"}
     correction : bool
-        ``"sketch"`` only: keep the truncation correction (k rows of the
-        budget, so ``max_points`` must exceed k).
+        ``"sketch"`` only: fold the truncation correction into the k rows of
+        cross moments (no extra rows).
     ipc : int
         Points per class of the ``"per-class"`` memory.
     n_classes : int, optional
@@ -176,7 +176,8 @@ class KRRStrategy(ClosedFormTemplate):
             classes: tuple[int, ...] = ()
         elif self.memory_kind == "sketch":
             # reg: the sketch keeps the correction of the heads it truncates under, at the strategy's lambda.
-            fresh = GramSketch(self.feature_map, k, rank=self.sketch_rank(k), reg=self.sketch_reg, device=self.device)
+            fresh = GramSketch(self.feature_map, k, rank=self.max_points, reg=self.sketch_reg, fold=self.correction,
+                               device=self.device)
             fresh.update(x, data.y)
             # merge returns a new sketch: the current one is untouched if anything fails.
             memory = fresh if self.memory is None else self.memory.merge(fresh)
@@ -209,17 +210,6 @@ class KRRStrategy(ClosedFormTemplate):
         weights[seen] = teacher.weights_
         return distilled, tuple(seen), weights
 
-    def sketch_rank(self, k: int) -> int | None:
-        """Eigenpairs the ``"sketch"`` memory keeps: the budget less the correction's k rows."""
-        if self.max_points is None or not self.correction:
-            return self.max_points
-        if self.max_points <= k:
-            raise ValueError(
-                f"max_points={self.max_points} leaves no sketch rows beside the correction's k={k} rows: "
-                "give max_points > k or correction=False"
-            )
-        return self.max_points - k
-
     @property
     def sketch_reg(self) -> float | None:
         """lambda of the sketch's correction, None without one."""
@@ -244,8 +234,7 @@ class KRRStrategy(ClosedFormTemplate):
         if self.memory is None:
             return 0
         if isinstance(self.memory, GramSketch):
-            corrected = self.memory.correction_ is not None
-            return self.memory.sketch_.shape[0] + (self.memory.cross_.shape[1] if corrected else 0)
+            return self.memory.sketch_.shape[0]  # eigen-rows; the k rows of cross moments come beside them
         return self.memory.n_points if isinstance(self.memory, dm.MomentMemory) else len(self.memory)
 
 

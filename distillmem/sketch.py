@@ -22,6 +22,10 @@ Without a correction the head uses "shrinkage", whose error stays within
 energy out (docs/math.md, section 11.7). Sketches of disjoint data merge: R, diag(G),
 Delta and C add, and the stacked rows are truncated once more, the part that
 drops handled as in an update.
+
+The corrected head needs R and C only through R - C, and every update and
+merge changes that difference additively; ``fold=True`` keeps just it
+(``target_``, k rows) instead of R and C (2k rows).
 """
 
 from __future__ import annotations
@@ -53,6 +57,10 @@ class GramSketch:
     reg : float, optional
         lambda >= 0 of the heads W_t behind the correction C; None keeps no
         correction (``correction_`` is None).
+    fold : bool
+        With ``reg``: keep only the target R - C (``target_``), not R and C
+        apart (``cross_`` and ``correction_`` are None). Same head, k rows
+        less; R itself is then lost (a refinement that needs it cannot run).
     chunk_size : int
         Rows per chunk: features are computed and their Gram accumulated one
         chunk at a time (memory O(p^2 + chunk * p)).
@@ -63,14 +71,16 @@ class GramSketch:
     ----------
     sketch_ : torch.Tensor of shape (r', p), float64
         B = S^(1/2) U^T, r' <= r orthogonal rows, norms descending.
-    cross_ : torch.Tensor of shape (p, k), float64
-        R, exact.
+    cross_ : torch.Tensor of shape (p, k), float64, or None
+        R, exact (None when folded).
     diagonal_ : torch.Tensor of shape (p,), float64
         diag(G), exact.
     shrinkage_ : float
         Delta, the sum of the largest dropped eigenvalues: 0 <= G - B^T B <= Delta I.
     correction_ : torch.Tensor of shape (p, k), float64, or None
-        C = sum_t (D_t - diag D_t) W_t, with ``reg`` set.
+        C = sum_t (D_t - diag D_t) W_t, with ``reg`` set and not folded.
+    target_ : torch.Tensor of shape (p, k), float64
+        R - C, the right-hand side of the head (R without a correction).
     n_seen_ : int
         Samples absorbed.
     n_features_in_ : int
@@ -98,6 +108,7 @@ class GramSketch:
         *,
         rank: int | None = None,
         reg: float | None = None,
+        fold: bool = False,
         chunk_size: int = 8192,
         device: str | torch.device | None = None,
     ) -> None:
@@ -105,11 +116,12 @@ class GramSketch:
         self.n_classes = n_classes
         self.rank = rank
         self.reg = reg
+        self.fold = fold
         self.chunk_size = chunk_size
         self.device = device
 
     def __repr__(self) -> str:
-        return f"GramSketch({self.feature_map!r}, n_classes={self.n_classes}, rank={self.rank}, reg={self.reg})"
+        return f"GramSketch({self.feature_map!r}, n_classes={self.n_classes}, rank={self.rank}, reg={self.reg}, fold={self.fold})"
 
     # -- absorbing data -------------------------------------------------------
     def update(self, x: Any, y: Any = None) -> "GramSketch":
@@ -169,8 +181,10 @@ class GramSketch:
 
         ``params`` are the constructor's keywords other than ``n_classes``
         (taken from R); ``correction`` needs ``reg`` among them, and ``reg``
-        without a correction starts C at 0. A ``rank`` below r' truncates the
-        rows once more.
+        without a correction starts C at 0. With ``fold=True`` the sketch
+        keeps cross - correction, so ``cross`` may also be a folded sketch's
+        target R - C given alone. A ``rank`` below r' truncates the rows once
+        more.
         """
         if not isinstance(feature_map, FeatureMap):
             raise TypeError(f"feature_map must be a distillmem FeatureMap, got {type(feature_map).__name__}")
@@ -218,18 +232,22 @@ class GramSketch:
             sk._check_fitted()
         if self.feature_map.spec() != other.feature_map.spec():
             raise ValueError(f"cannot merge sketches of different feature maps: {self.feature_map.spec()} != {other.feature_map.spec()}")
-        if self.cross_.shape != other.cross_.shape or self.n_features_in_ != other.n_features_in_:
+        if self.target_.shape != other.target_.shape or self.n_features_in_ != other.n_features_in_:
             raise ValueError(
-                f"cannot merge sketches of different shapes: R {tuple(self.cross_.shape)} (d={self.n_features_in_}) "
-                f"and {tuple(other.cross_.shape)} (d={other.n_features_in_})"
+                f"cannot merge sketches of different shapes: R {tuple(self.target_.shape)} (d={self.n_features_in_}) "
+                f"and {tuple(other.target_.shape)} (d={other.n_features_in_})"
             )
         if self.reg != other.reg:
             raise ValueError(f"cannot merge sketches corrected at different reg: {self.reg} and {other.reg}")
-        merged = type(self)(self.feature_map, self.n_classes, rank=self.rank, reg=self.reg, chunk_size=self.chunk_size, device=self.device)
-        merged.sketch_, merged.cross_, merged.diagonal_ = self.sketch_, self.cross_, self.diagonal_
+        if other.fold and not self.fold:
+            raise ValueError("cannot merge a folded sketch (R - C only) into one that keeps R and C apart")
+        merged = type(self)(self.feature_map, self.n_classes, rank=self.rank, reg=self.reg, fold=self.fold,
+                            chunk_size=self.chunk_size, device=self.device)
+        merged.sketch_, merged.diagonal_ = self.sketch_, self.diagonal_
+        merged.cross_, merged.correction_, merged.target_ = self.cross_, self.correction_, self.target_
         merged.shrinkage_ = self.shrinkage_ + other.shrinkage_
-        merged.correction_ = self.correction_
-        merged._fold(other.sketch_.T @ other.sketch_, other.cross_, other.diagonal_, other.correction_, resolve_device(self.device))
+        rhs, correction = (other.target_, None) if other.fold else (other.cross_, other.correction_)
+        merged._fold(other.sketch_.T @ other.sketch_, rhs, other.diagonal_, correction, resolve_device(self.device))
         merged.n_seen_ = self.n_seen_ + other.n_seen_
         merged.n_features_in_ = self.n_features_in_
         return merged
@@ -248,14 +266,14 @@ class GramSketch:
 
     @property
     def head_estimate(self) -> str:
-        """The estimate ``fit_krr`` uses: "diagonal" with a correction, "shrinkage" without."""
-        return "shrinkage" if self.correction_ is None else "diagonal"
+        """The estimate ``fit_krr`` uses: "diagonal" with a correction (``reg`` set), "shrinkage" without."""
+        return "shrinkage" if self.reg is None else "diagonal"
 
     def fit_krr(self, reg: float) -> KRR:
         """The KRR head W^T = (gram(head_estimate) + reg I)^-1 (R - C) (C = 0 without ``reg``); exact when Delta = 0."""
         self._check_fitted()
         reg = check_real(reg, "reg", minimum=0.0)
-        weights_t = _ridge(self.gram(self.head_estimate), self._corrected_cross(), reg)
+        weights_t = _ridge(self.gram(self.head_estimate), self.target_, reg)
         return KRR.from_weights(
             self.feature_map, weights_t.T, reg, n_features_in=self.n_features_in_, n_samples=self.n_seen_,
             chunk_size=self.chunk_size, device=self.device,
@@ -263,31 +281,32 @@ class GramSketch:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the state in float64: B, R, diag(G), Delta and C."""
+        """Bytes of the state in float64: B, diag(G), Delta and R and C (or, folded, R - C alone)."""
         self._check_fitted()
-        corr = 0 if self.correction_ is None else self.correction_.numel()
-        return (self.sketch_.numel() + self.cross_.numel() + self.diagonal_.numel() + corr + 1) * 8
+        kept = [self.target_] if self.fold or self.correction_ is None else [self.cross_, self.correction_]
+        return (self.sketch_.numel() + self.diagonal_.numel() + sum(t.numel() for t in kept) + 1) * 8
 
     # -- internals --------------------------------------------------------------
     def _start(self, p: int) -> None:
         if not hasattr(self, "sketch_"):
+            zeros = torch.zeros(p, self.n_classes, dtype=torch.float64)
             self.sketch_ = torch.zeros(0, p, dtype=torch.float64)
-            self.cross_ = torch.zeros(p, self.n_classes, dtype=torch.float64)
             self.diagonal_ = torch.zeros(p, dtype=torch.float64)
             self.shrinkage_ = 0.0
-            self.correction_ = None if self.reg is None else torch.zeros(p, self.n_classes, dtype=torch.float64)
-
-    def _corrected_cross(self) -> torch.Tensor:
-        return self.cross_ if self.correction_ is None else self.cross_ - self.correction_
+            self.target_ = zeros
+            self.cross_ = None if self.fold else zeros
+            self.correction_ = None if self.fold or self.reg is None else zeros
 
     def _fold(self, gram: torch.Tensor, cross: torch.Tensor, diagonal: torch.Tensor, correction: torch.Tensor | None,
               device: torch.device) -> None:
         """Add a Gram (p, p), its R (p, k), exact diagonal (p,) and correction to the state; truncate once to the rank."""
         state = self.sketch_.to(device).T @ self.sketch_.to(device) + gram.to(device)
-        self.cross_ = self.cross_ + cross.cpu()
         self.diagonal_ = self.diagonal_ + diagonal.cpu()
-        if correction is not None:
-            self.correction_ = self.correction_ + correction.cpu()
+        self.target_ = self.target_ + cross.cpu() - (0 if correction is None else correction.cpu())
+        if not self.fold:
+            self.cross_ = self.cross_ + cross.cpu()
+            if correction is not None:
+                self.correction_ = self.correction_ + correction.cpu()
         eig, vec = torch.linalg.eigh(state)
         eig, vec = eig.flip(0), vec.flip(1)
         # Eigenvalues within rounding of 0 are not data: dropping them changes neither Delta nor C.
@@ -296,11 +315,14 @@ class GramSketch:
         r = n_kept if self.rank is None else min(int(self.rank), n_kept)
         if r < n_kept:
             self.shrinkage_ += float(eig[r])
-            if self.correction_ is not None:
+            if self.reg is not None:
                 # The head of the state before truncation, then the dropped part D (less its diagonal) times it.
-                head = _ridge(_estimate(state, self.diagonal_.to(device)), self._corrected_cross().to(device), float(self.reg))
+                head = _ridge(_estimate(state, self.diagonal_.to(device)), self.target_.to(device), float(self.reg))
                 dropped = (vec[:, r:n_kept] * eig[r:n_kept]) @ vec[:, r:n_kept].T
-                self.correction_ = self.correction_ + ((dropped - torch.diag(torch.diagonal(dropped))) @ head).cpu()
+                added = ((dropped - torch.diag(torch.diagonal(dropped))) @ head).cpu()
+                self.target_ = self.target_ - added
+                if not self.fold:
+                    self.correction_ = self.correction_ + added
         self.sketch_ = (eig[:r].sqrt()[:, None] * vec[:, :r].T).cpu()
 
     def _check_params(self) -> None:
@@ -311,10 +333,14 @@ class GramSketch:
             check_int(self.rank, "rank", minimum=1)
         if self.reg is not None:
             check_real(self.reg, "reg", minimum=0.0)
+        if not isinstance(self.fold, bool):
+            raise TypeError(f"fold must be True or False, got {self.fold!r}")
+        if self.fold and self.reg is None:
+            raise ValueError("fold=True keeps R - C, which needs a correction: pass reg=")
         check_int(self.chunk_size, "chunk_size", minimum=1)
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "cross_"):
+        if not hasattr(self, "target_"):
             raise RuntimeError("this GramSketch is empty: call update(x, y) first")
 
 

@@ -3,8 +3,9 @@
 Part ``krr`` (a fixed map phi, lambda = ``--reg``): KRRStrategy with the exact
 moments memory after every experience against KRR fitted jointly on all data
 seen (relative weight error, accuracy difference, bytes); then, for each budget
-of r points, the moments memory compressed to r points, the Gram sketch (exact
-cross moments and diagonal, r sketch rows), the paper's per-class sets
+of r points, the moments memory compressed to r points, the Gram sketch (r
+eigen-rows, the exact diagonal, and k rows of cross moments: R exactly, or R - C
+with the correction folded in), the paper's per-class sets
 (r / k points per class), and KRR fitted only on class-balanced real exemplars
 chosen at random (GDumb-style) or by herding in phi, at equal points and at the
 bytes of the largest of those memories. The strategies are driven through
@@ -20,7 +21,8 @@ HerdingSelectionStrategy on the hidden layer), GDumb, and DistilledBuffer, at
 spent distilling.
 
 Bytes: a real exemplar is d float32 inputs plus an int64 label; the moments
-memory r (p + k) float64; the sketch r p + k p + p float64; the per-class sets
+memory r (p + k) float64; the sketch r p + k p + p float64 (with or without the
+correction); the per-class sets
 and the distilled buffer their own float64 points and soft labels.
 
     python experiments/continual_bytes.py --dataset mnist --data path/to/mnist.npz --parts krr
@@ -133,9 +135,8 @@ def krr_seed(args, seed: int) -> dict:
     for r in args.points:
         on_features = lambda **kw: KRRStrategy(feature_map=Identity(), reg=args.reg, n_classes=k, **kw)  # noqa: E731
         budgeted = {"moments": on_features(max_points=r),
-                    "sketch": on_features(memory="sketch", max_points=r, correction=False)}
-        if r > k:  # the correction takes k rows of the budget
-            budgeted["sketch + correction"] = on_features(memory="sketch", max_points=r)
+                    "sketch": on_features(memory="sketch", max_points=r, correction=False),
+                    "sketch + correction": on_features(memory="sketch", max_points=r)}
         if r % k == 0 and "per-class" in args.krr_methods:
             budgeted["per-class"] = strategy(memory="per-class", ipc=r // k)
         budgeted = {m: s for m, s in budgeted.items() if m in args.krr_methods}

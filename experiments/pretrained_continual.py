@@ -63,9 +63,9 @@ def exemplar_bytes(p: int) -> int:
 
 
 def sketch_rank(budget_bytes: int, p: int, k: int) -> int:
-    """The most rows r (``max_points``: r - k eigenpairs and the correction's k rows) whose GramSketch fits in
-    ``budget_bytes``: (r + k + 1) p + 1 float64 (rows and correction, cross moments, diagonal, Delta)."""
-    return budget_bytes // (FLOAT64 * p) - k - 2
+    """The most eigen-rows r (``max_points``) whose folded GramSketch fits in ``budget_bytes``:
+    (r + k + 1) p + 1 float64 (eigen-rows, the k rows of R - C, the diagonal, Delta)."""
+    return (budget_bytes // FLOAT64 - 1) // p - k - 1
 
 
 def moments_rank(budget_bytes: int, p: int, k: int) -> int:
@@ -143,11 +143,11 @@ def krr_rows(data, seen: Seen, classes, p: int, k: int, reg: float, budgets: lis
     for share in budgets:
         budget = int(share * exact_bytes)
         for memory, rank in (("sketch", sketch_rank(budget, p, k)), ("moments", moments_rank(budget, p, k))):
-            if rank <= (k if memory == "sketch" else 0):
+            if rank <= 0:
                 continue  # the budget holds no more than the memory's fixed part
             strategy = KRRStrategy(feature_map=fmap, reg=reg, n_classes=k, memory=memory, max_points=rank, evaluator=None)
             c, s = closed_form(strategy, data, seen, classes)
-            rows_held = f"{rank} rows ({rank - k} eigenpairs + {k} correction)" if memory == "sketch" else f"{rank} points"
+            rows_held = f"{rank + k} rows ({rank} eigenpairs + {k} of R - C)" if memory == "sketch" else f"{rank} points"
             rows.append(curve_row(f"KRRStrategy, {memory}, {rows_held}", c, s, strategy.memory_points,
                                   strategy.memory_nbytes, budget=share))
     for metric in ("cosine", "euclidean"):

@@ -295,15 +295,17 @@ def make_upload(cfg: Config, fmap: FeatureMap, x: np.ndarray, y: np.ndarray, k: 
         return {"features": memory.features_.numpy(), "targets": memory.targets_.numpy()}
     if cfg.mode == "sketch":
         rank, corrected = sketch_layout(cfg, p, k)
-        sketch = GramSketch(fmap, n_classes=k, rank=rank, reg=float(cfg.reg) if corrected else None).update(x.astype(np.float64), y)
+        folded = sends_target(cfg, p, k)
+        sketch = GramSketch(fmap, n_classes=k, rank=rank, reg=float(cfg.reg) if corrected else None, fold=folded)
+        sketch.update(x.astype(np.float64), y)
         arrays = {
             "sketch": sketch.sketch_.numpy().astype(np.float32),
             "shrinkage": np.array([sketch.shrinkage_]),
             "diagonal": sketch.diagonal_.numpy(),
         }
-        if sends_target(cfg, p, k):
+        if folded:
             # float32 like the eigen-rows: the head moves by ~1e-7 relative, far below the sketch's own error.
-            arrays["target"] = np.ascontiguousarray((sketch.cross_ - sketch.correction_).numpy().T, dtype=np.float32)
+            arrays["target"] = np.ascontiguousarray(sketch.target_.numpy().T, dtype=np.float32)
             return arrays
         arrays["cross"] = np.ascontiguousarray(sketch.cross_.numpy().T)
         if corrected:
@@ -436,20 +438,19 @@ def upload_statistics(
         f, t = arrays["features"], arrays["targets"]
         return f.T @ f, f.T @ t, None
     if cfg.mode == "sketch":
-        if "target" in arrays:  # R - C in one block: rebuilt as cross R - C with a zero correction
-            cross, correction = arrays["target"].T, np.zeros(arrays["target"].T.shape)
-        else:
-            cross, correction = arrays["cross"].T, arrays["correction"].T if "correction" in arrays else None
+        folded = "target" in arrays  # R - C in one block
+        correction = arrays["correction"].T if "correction" in arrays else None
         try:
             sketch = GramSketch.from_arrays(
-                fmap, arrays["sketch"], cross, float(arrays["shrinkage"][0]), arrays["diagonal"],
-                n_seen=n_local, n_features_in=d, correction=correction,
-                reg=None if correction is None else float(cfg.reg),
+                fmap, arrays["sketch"], arrays["target" if folded else "cross"].T, float(arrays["shrinkage"][0]),
+                arrays["diagonal"], n_seen=n_local, n_features_in=d, correction=correction,
+                reg=float(cfg.reg) if folded or correction is not None else None, fold=folded,
             )
         except ValueError as err:
             raise UploadError(str(err)) from None
-        corrected = sketch.correction_ is not None
-        return sketch.gram(sketch.head_estimate).numpy(), sketch.cross_.numpy(), sketch.correction_.numpy() if corrected else None
+        if folded:
+            return sketch.gram(sketch.head_estimate).numpy(), sketch.target_.numpy(), None
+        return sketch.gram(sketch.head_estimate).numpy(), sketch.cross_.numpy(), None if correction is None else sketch.correction_.numpy()
     if cfg.mode == "stats":
         p = arrays["cross"].shape[1]
         gram = np.zeros((p, p))

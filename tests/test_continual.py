@@ -331,12 +331,12 @@ def test_krr_strategy_auto_reg_refits_at_the_chosen_lambda(bench):
 
 
 def test_sketch_memory_keeps_cross_moments_exact_and_bounds_bytes(krr_run, exp_tensors, bench):
-    """memory="sketch": exact without a rank; with rank r, R stays exact and the Gram takes r rows."""
+    """memory="sketch": exact without a rank; with rank r and no correction, R stays exact and the Gram takes r rows."""
     _, steps = krr_run
     exact = KRRStrategy(feature_map=dm.features.RandomFCNN(in_features=64, seed=0), reg=1.0, memory="sketch",
                         evaluator=quiet_evaluator())
     small = KRRStrategy(feature_map=dm.features.RandomFCNN(in_features=64, seed=0), reg=1.0, memory="sketch",
-                        max_points=16, evaluator=quiet_evaluator())
+                        max_points=16, correction=False, evaluator=quiet_evaluator())
     sizes = []
     for exp in bench.train_stream:
         exact.train(exp)
@@ -352,24 +352,21 @@ def test_sketch_memory_keeps_cross_moments_exact_and_bounds_bytes(krr_run, exp_t
     assert 1e-6 < rel_err(small.model.weights, steps[-1][0]) < 1
 
 
-def test_sketch_budget_counts_the_correction_rows(bench):
-    """max_points = sketch rows + the correction's k rows; without the correction all of it is sketch rows."""
+def test_sketch_budget_counts_eigen_rows_and_the_correction_folds_into_the_cross_moments(bench):
+    """max_points = eigen-rows; beside them k rows: R - C with the correction (folded), R without; same bytes."""
     def make(**kw) -> KRRStrategy:
         return KRRStrategy(feature_map=dm.features.RandomFCNN(in_features=64, seed=0), reg=1.0, memory="sketch",
                            evaluator=quiet_evaluator(), **kw)
 
-    corrected, plain = make(max_points=16), make(max_points=16, correction=False)
+    corrected, plain, tiny, exact = make(max_points=16), make(max_points=16, correction=False), make(max_points=1), make()
     for exp in bench.train_stream:
-        corrected.train(exp)
-        plain.train(exp)
-    assert corrected.memory.sketch_.shape[0] == 6 and corrected.memory.correction_.shape == (64, 10)
-    assert corrected.memory_points == 16 and plain.memory_points == plain.memory.sketch_.shape[0] == 16
-    assert plain.memory.correction_ is None
-    assert corrected.memory_nbytes == (6 * 64 + 2 * 64 * 10 + 64 + 1) * 8
-    too_small = make(max_points=10)
-    with pytest.raises(ValueError, match="max_points=10 leaves no sketch rows"):
-        too_small.train(bench.train_stream[0])
-    assert too_small.memory is None
+        for strategy in (corrected, plain, tiny, exact):
+            strategy.train(exp)
+    assert corrected.memory.fold and corrected.memory.cross_ is None and corrected.memory.target_.shape == (64, 10)
+    assert corrected.memory_points == plain.memory_points == 16 and tiny.memory_points == 1
+    assert corrected.memory_nbytes == plain.memory_nbytes == (16 * 64 + 64 * 10 + 64 + 1) * 8
+    # At equal bytes the folded correction brings the head nearer the exact (joint) one than the plain sketch.
+    assert rel_err(corrected.model.weights, exact.model.weights) < rel_err(plain.model.weights, exact.model.weights)
 
 
 def test_per_class_memory_reproduces_its_refitted_head(bench):

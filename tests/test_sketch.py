@@ -213,3 +213,27 @@ def test_bad_parameters_and_state():
         sk.merge(other)
     with pytest.raises(ValueError, match="NaN or Inf"):
         GramSketch(Identity(), n_classes=4).update(torch.full((2, 5), float("inf"), dtype=torch.float64), torch.tensor([0, 1]))
+
+
+def test_folded_sketch_keeps_r_minus_c_alone_and_gives_the_same_heads():
+    """fold=True: the same target and heads as R and C kept apart, through updates, merges and from_arrays, in k rows."""
+    x, y = _data()
+    apart = GramSketch(Identity(), n_classes=4, rank=6, reg=0.5).update(x[:150], y[:150]).update(x[150:250], y[150:250])
+    folded = GramSketch(Identity(), n_classes=4, rank=6, reg=0.5, fold=True).update(x[:150], y[:150]).update(x[150:250], y[150:250])
+    assert folded.cross_ is None and folded.correction_ is None
+    torch.testing.assert_close(folded.target_, apart.cross_ - apart.correction_, rtol=0, atol=1e-10)
+    rest = GramSketch(Identity(), n_classes=4, rank=6, reg=0.5).update(x[250:], y[250:])
+    for merged, reference in ((folded.merge(rest), apart.merge(rest)), (folded.merge(rest.merge(rest)), apart.merge(rest.merge(rest)))):
+        torch.testing.assert_close(merged.target_, reference.cross_ - reference.correction_, rtol=0, atol=1e-9)
+        torch.testing.assert_close(merged.fit_krr(0.5).weights_, reference.fit_krr(0.5).weights_, rtol=0, atol=1e-10)
+    assert folded.nbytes == apart.nbytes - 30 * 4 * 8  # R and C, 2k rows of p, became k rows
+    back = GramSketch.from_arrays(Identity(), folded.sketch_, folded.target_, folded.shrinkage_, folded.diagonal_,
+                                  n_seen=folded.n_seen_, n_features_in=30, reg=0.5, fold=True)
+    torch.testing.assert_close(back.fit_krr(0.5).weights_, folded.fit_krr(0.5).weights_, rtol=0, atol=1e-12)
+    also = GramSketch.from_arrays(Identity(), apart.sketch_, apart.cross_, apart.shrinkage_, apart.diagonal_,
+                                  n_seen=apart.n_seen_, n_features_in=30, correction=apart.correction_, reg=0.5, fold=True)
+    torch.testing.assert_close(also.target_, folded.target_, rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="folded sketch"):
+        apart.merge(folded)
+    with pytest.raises(ValueError, match="needs a correction"):
+        GramSketch(Identity(), n_classes=4, rank=6, fold=True).update(x, y)
