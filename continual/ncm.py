@@ -83,7 +83,7 @@ class NCMStrategy(ClosedFormTemplate):
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
         super().__init__(
-            NCMHead(feature_map, metric),
+            model=NCMHead(feature_map, metric),
             feature_map=feature_map,
             n_classes=n_classes,
             train_mb_size=train_mb_size,

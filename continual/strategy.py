@@ -136,7 +136,7 @@ class KRRStrategy(ClosedFormTemplate):
         if not grid or min(grid) < 0 or not all(math.isfinite(r) for r in grid):
             raise ValueError(f"reg_grid must be a non-empty sequence of finite values >= 0, got {reg_grid!r}")
         super().__init__(
-            KRRHead(feature_map),
+            model=KRRHead(feature_map),
             feature_map=feature_map,
             n_classes=n_classes,
             train_mb_size=train_mb_size,

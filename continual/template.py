@@ -24,8 +24,8 @@ class ClosedFormTemplate(SupervisedTemplate):
 
     def __init__(
         self,
-        model: nn.Module,
         *,
+        model: nn.Module,
         feature_map: FeatureMap,
         n_classes: int | None,
         train_mb_size: int,

@@ -552,3 +552,17 @@ def test_buffer_reports_the_time_its_updates_took(bench):
     assert buffer.update_seconds == first  # a failed update is not counted
     buffer.update_from_dataset(bench.train_stream[1].dataset)
     assert buffer.update_seconds > first
+
+
+def test_strategies_raise_no_avalanche_constructor_warning():
+    """Avalanche warns about strategies whose __init__ takes positional arguments; ours take keywords only."""
+    import warnings
+
+    from avalanche.training.templates.base import PositionalArgumentsDeprecatedWarning
+
+    from continual.ncm import NCMStrategy
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PositionalArgumentsDeprecatedWarning)
+        KRRStrategy(feature_map=dm.features.Identity(), evaluator=quiet_evaluator())
+        NCMStrategy(feature_map=dm.features.Identity(), evaluator=quiet_evaluator())
