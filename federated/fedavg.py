@@ -1,11 +1,12 @@
-"""FedAvg of a linear head (or a one-hidden-layer MLP) on frozen features, in this process, without Flower.
+"""FedAvg of a linear head (or a one-hidden-layer MLP) on frozen features: the local update and an in-process loop.
 
 The baseline the one-shot uploads are measured against: every round each
 client starts from the global model, runs ``local_epochs`` of minibatch SGD
 on its own features, and the server averages the clients' models weighted by
 their sample counts n_i (McMahan et al., 2017), with every client taking part
-in every round. Features are computed once per client by the same frozen map
-the KRR heads use. Samples are rows: features (n, p), labels (n,).
+in every round. ``local_update`` is the one client step that both the
+in-process loop ``FedAvg`` and the Flower app (``fedavg_client_app``, run by
+Flower's own FedAvg strategy) use. Samples are rows: features (n, p), labels (n,).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,8 +22,7 @@ from torch import nn
 
 from distillmem.features import FeatureMap
 
-if TYPE_CHECKING:
-    from .task import Config
+from .task import Config
 
 LOSSES = ("cross_entropy", "squared")
 #: The local-training settings every client gets, as FedAvg's attributes; kebab-case in a Flower ConfigRecord.
@@ -45,15 +45,13 @@ def check_settings(settings: dict[str, Any]) -> None:
         raise ValueError(f"loss={settings['loss']!r}: must be one of {LOSSES}")
 
 
-def settings_config(cfg: "Config", settings: dict[str, Any]) -> dict[str, Any]:
+def settings_config(cfg: Config, settings: dict[str, Any]) -> dict[str, Any]:
     """The ConfigRecord content of a Flower FedAvg round: the run config and the local settings, kebab-case."""
     return {**cfg.to_mapping(), **{name.replace("_", "-"): settings[name] for name in SETTINGS}}
 
 
-def split_config(mapping: dict[str, Any]) -> tuple["Config", dict[str, Any], int]:
+def split_config(mapping: dict[str, Any]) -> tuple[Config, dict[str, Any], int]:
     """(run config, local settings, server round) from a round's ConfigRecord (``settings_config`` + "server-round")."""
-    from .task import Config
-
     mapping = dict(mapping)
     server_round = int(mapping.pop("server-round"))
     settings = {name: mapping.pop(name.replace("_", "-")) for name in SETTINGS}
