@@ -49,8 +49,6 @@ METHODS: dict[str, tuple[str, dict]] = {
     "moments r=19 (truncated)": ("moments", {"max_points": 19}),
     "head averaging, ipc=1": ("ipc", {"ipc": 1}),
 }
-#: Methods whose runs older results hold, measured with an upload layout the app no longer sends (R and C apart).
-LEGACY = ("sketch r=10 + 10 correction rows",)
 EXACT = ("moments (exact; Fed3R's statistics as points)", "stats (Fed3R / AFL upload)")
 MEANS = "means (FedNCM / FedCOF upload)"
 FEDAVG = "FedAvg, linear head"
@@ -235,7 +233,7 @@ def summary(payload: dict) -> dict[tuple[int, str], dict[str, dict]]:
     table = {}
     for clients, cell in cells(payload):
         rows = {}
-        for label in [m for m in (*METHODS, *LEGACY) if any(r["method"] == m for r in payload["runs"])]:
+        for label in [m for m in METHODS if any(r["method"] == m for r in payload["runs"])]:
             runs = [r for r in payload["runs"] if r["method"] == label and r["clients"] == clients and r["partition"] == cell]
             if not runs:
                 continue

@@ -205,7 +205,7 @@ def test_experiment_targets_use_the_budget_of_means_plus_ten_class_means(monkeyp
         "fedavg": [],
         "runs": [run(script.EXACT[0], 0.88, 10**7, error=3e-13), run(script.MEANS, 0.80, means),
                  run("moments r=19 (truncated)", 0.872, means + 10 * p * 8),  # exactly at the budget: counted
-                 run("sketch r=10 + 10 correction rows", 0.879, means + 10 * p * 8 + 1)],  # one byte over: not counted
+                 run("sketch 37 rows (r=27 + k, R - C)", 0.879, means + 10 * p * 8 + 1)],  # one byte over: not counted
     }
     found = script.targets(payload)
     assert found[0].startswith("`moments` against centralized ridge on all 1 partitions measured: relative weight error ≤ 3.0e-13")
