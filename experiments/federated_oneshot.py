@@ -40,7 +40,7 @@ import harness
 METHODS: dict[str, tuple[str, dict]] = {
     "moments (exact)": ("moments", {}),
     "stats (Fed3R / AFL)": ("stats", {}),
-    # Sketch labels give max-points, the rows a client sends: r eigen-rows, plus k correction rows when they fit.
+    # Sketch labels give max-points, the rows a client sends: r eigen-rows, plus the k rows of R - C when they fit.
     "sketch 1 row (r=1)": ("sketch", {"max_points": 1}),
     "sketch 10 rows (r=10)": ("sketch", {"max_points": 10}),
     "sketch 20 rows (r=10 + k)": ("sketch", {"max_points": 20}),

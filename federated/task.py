@@ -241,7 +241,7 @@ def local_split(cfg: Config, partition_id: int, n: int) -> tuple[np.ndarray, np.
 
 
 def sketch_layout(cfg: Config, p: int, k: int) -> tuple[int, bool]:
-    """(r, corrected) for mode "sketch": r sketch rows, plus k correction rows when corrected, at most max-points.
+    """(r, corrected) for mode "sketch": r eigen-rows plus, when corrected, k rows of R - C; r + k <= max-points.
 
     The correction needs the clients' lambda (a number, not "auto") and room
     for more than its k rows; with max-points >= p the r = p rows are exact
