@@ -23,7 +23,7 @@ from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 
 from .features import head_arrays
 from .fedavg import make_module, settings_config
-from .server_app import _wait_for_nodes
+from .server_app import wait_for_nodes
 from .task import Config, make_feature_map, write_json_atomic
 
 logger = logging.getLogger("flwr")
@@ -59,7 +59,7 @@ def run_fedavg(grid: Grid, cfg: Config, settings: dict[str, Any], rounds: int) -
             correct = (model(phi_test).argmax(1) == y_test).double().mean()
         return MetricRecord({"accuracy": float(correct)})
 
-    nodes = _wait_for_nodes(grid, cfg.num_clients, cfg.deadline_s)
+    nodes = wait_for_nodes(grid, cfg.num_clients, cfg.deadline_s)
     logger.info("fedavg: %d of %d nodes connected, %d rounds", len(nodes), cfg.num_clients, rounds)
     # All nodes take part every round; the strategy's own wait for nodes has no deadline, so it gets the count we saw.
     strategy = FlowerFedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=len(nodes),

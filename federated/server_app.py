@@ -85,7 +85,7 @@ def run_server(grid: Grid, cfg: Config) -> dict[str, Any]:
     # made into one clear error before any node is asked.
     training_partitions(cfg, data)
 
-    nodes = _wait_for_nodes(grid, cfg.num_clients, cfg.deadline_s)
+    nodes = wait_for_nodes(grid, cfg.num_clients, cfg.deadline_s)
     logger.info("federated: %d of %d nodes connected, mode %s", len(nodes), cfg.num_clients, cfg.mode)
     config_record = ConfigRecord(cfg.to_mapping())
     asks = [Message(RecordDict({"config": config_record}), dst_node_id=n, message_type="train", group_id="upload") for n in nodes]
@@ -189,7 +189,7 @@ def run_server(grid: Grid, cfg: Config) -> dict[str, Any]:
     return result
 
 
-def _wait_for_nodes(grid: Grid, want: int, deadline_s: float) -> list[int]:
+def wait_for_nodes(grid: Grid, want: int, deadline_s: float) -> list[int]:
     """Node ids once ``want`` have registered, or those registered when the deadline passes."""
     end = time.monotonic() + deadline_s
     while len(nodes := sorted(grid.get_node_ids())) < want and time.monotonic() < end:
