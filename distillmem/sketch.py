@@ -244,7 +244,9 @@ class GramSketch:
         merged = type(self)(self.feature_map, self.n_classes, rank=self.rank, reg=self.reg, fold=self.fold,
                             chunk_size=self.chunk_size, device=self.device)
         merged.sketch_, merged.diagonal_ = self.sketch_, self.diagonal_
-        merged.cross_, merged.correction_, merged.target_ = self.cross_, self.correction_, self.target_
+        merged.cross_, merged.correction_ = self.cross_, self.correction_
+        if self.fold:
+            merged._target = self._target
         merged.shrinkage_ = self.shrinkage_ + other.shrinkage_
         rhs, correction = (other.target_, None) if other.fold else (other.cross_, other.correction_)
         merged._fold(other.sketch_.T @ other.sketch_, rhs, other.diagonal_, correction, resolve_device(self.device))
@@ -265,6 +267,13 @@ class GramSketch:
         return low
 
     @property
+    def target_(self) -> torch.Tensor:
+        """R - C (p, k), the right-hand side of the head (R without a correction); the whole of it when folded."""
+        if self.fold:
+            return self._target
+        return self.cross_ if self.correction_ is None else self.cross_ - self.correction_
+
+    @property
     def head_estimate(self) -> str:
         """The estimate ``fit_krr`` uses: "diagonal" with a correction (``reg`` set), "shrinkage" without."""
         return "shrinkage" if self.reg is None else "diagonal"
@@ -283,7 +292,7 @@ class GramSketch:
     def nbytes(self) -> int:
         """Bytes of the state in float64: B, diag(G), Delta and R and C (or, folded, R - C alone)."""
         self._check_fitted()
-        kept = [self.target_] if self.fold or self.correction_ is None else [self.cross_, self.correction_]
+        kept = [self._target] if self.fold else [t for t in (self.cross_, self.correction_) if t is not None]
         return (self.sketch_.numel() + self.diagonal_.numel() + sum(t.numel() for t in kept) + 1) * 8
 
     # -- internals --------------------------------------------------------------
@@ -293,17 +302,19 @@ class GramSketch:
             self.sketch_ = torch.zeros(0, p, dtype=torch.float64)
             self.diagonal_ = torch.zeros(p, dtype=torch.float64)
             self.shrinkage_ = 0.0
-            self.target_ = zeros
             self.cross_ = None if self.fold else zeros
             self.correction_ = None if self.fold or self.reg is None else zeros
+            if self.fold:
+                self._target = zeros
 
     def _fold(self, gram: torch.Tensor, cross: torch.Tensor, diagonal: torch.Tensor, correction: torch.Tensor | None,
               device: torch.device) -> None:
         """Add a Gram (p, p), its R (p, k), exact diagonal (p,) and correction to the state; truncate once to the rank."""
         state = self.sketch_.to(device).T @ self.sketch_.to(device) + gram.to(device)
         self.diagonal_ = self.diagonal_ + diagonal.cpu()
-        self.target_ = self.target_ + cross.cpu() - (0 if correction is None else correction.cpu())
-        if not self.fold:
+        if self.fold:
+            self._target = self._target + cross.cpu() - (0 if correction is None else correction.cpu())
+        else:
             self.cross_ = self.cross_ + cross.cpu()
             if correction is not None:
                 self.correction_ = self.correction_ + correction.cpu()
@@ -320,8 +331,9 @@ class GramSketch:
                 head = _ridge(_estimate(state, self.diagonal_.to(device)), self.target_.to(device), float(self.reg))
                 dropped = (vec[:, r:n_kept] * eig[r:n_kept]) @ vec[:, r:n_kept].T
                 added = ((dropped - torch.diag(torch.diagonal(dropped))) @ head).cpu()
-                self.target_ = self.target_ - added
-                if not self.fold:
+                if self.fold:
+                    self._target = self._target - added
+                else:
                     self.correction_ = self.correction_ + added
         self.sketch_ = (eig[:r].sqrt()[:, None] * vec[:, :r].T).cpu()
 
@@ -340,7 +352,7 @@ class GramSketch:
         check_int(self.chunk_size, "chunk_size", minimum=1)
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "target_"):
+        if not hasattr(self, "diagonal_"):
             raise RuntimeError("this GramSketch is empty: call update(x, y) first")
 
 
