@@ -125,8 +125,8 @@ def measure(args) -> dict:
                       f"({runs[-1]['total_bytes']:,} bytes, {result['wall_time_s']:.1f} s)", flush=True)
             if args.fedavg_rounds == 0:
                 continue
-            models = [("linear", 0)] * ("linear" in args.fedavg_models) + [(f"mlp-{args.fedavg_mlp}", args.fedavg_mlp)] * ("mlp" in args.fedavg_models)
-            for model, hidden in models:
+            models = {"linear": ("linear", 0), "mlp": (f"mlp-{args.fedavg_mlp}", args.fedavg_mlp)}  # label, hidden units
+            for model, hidden in (models[kind] for kind in args.fedavg_models):
                 result = simulate_fedavg(
                     dataset=args.dataset, data=data_path or None, num_clients=args.clients, partition=partition, alpha=alpha,
                     feature_map="fcnn", seed=seed, rounds=args.fedavg_rounds, lr=args.fedavg_lr, batch_size=args.fedavg_batch,

@@ -99,7 +99,7 @@ def simulate_fedavg(
     ``upload_bytes_per_round`` (one node's model), ``nodes``,
     ``wall_time_s`` and ``model`` (the global torch module).
     """
-    from .fedavg import SETTINGS, check_settings
+    from .fedavg import check_settings
     from .fedavg_client_app import app as client_app
     from .fedavg_server_app import fedavg_server_app
 
@@ -109,8 +109,7 @@ def simulate_fedavg(
         raise ValueError(f"rounds={rounds!r}: must be an integer >= 1")
     cfg = Config(dataset=dataset, data_path=data or "", num_clients=num_clients, partition=partition, alpha=alpha,
                  feature_map=feature_map, seed=seed, **options)
-    values = dict(local_epochs=local_epochs, lr=lr, batch_size=batch_size, momentum=momentum, loss=loss, hidden=hidden)
-    settings = {name: values[name] for name in SETTINGS}
+    settings = dict(local_epochs=local_epochs, lr=lr, batch_size=batch_size, momentum=momentum, loss=loss, hidden=hidden)
     check_settings(settings)
     return _run(lambda sink: fedavg_server_app(cfg, settings, rounds, sink), client_app, cfg, engine, ray_temp_dir)
 
