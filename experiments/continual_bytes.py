@@ -12,7 +12,7 @@ bytes of the largest of those memories. The strategies are driven through
 ``KRRStrategy.absorb`` on each experience's tensors (what ``train`` does after
 reading the experience) and scored on the whole test set.
 
-Part ``neural`` (an MLP, the same model, epochs, SGD and batch sizes for all):
+Part ``neural`` (``--model``: an MLP or a small CNN; the same model, epochs, SGD and batch sizes for all):
 Avalanche's Naive, Cumulative, replay of random class-balanced real exemplars
 (ClassBalancedBuffer), herding exemplars (ParametricBuffer with
 HerdingSelectionStrategy on the hidden layer), GDumb, and DistilledBuffer, at
@@ -27,9 +27,10 @@ and the distilled buffer their own float64 points and soft labels.
 
     python experiments/continual_bytes.py --dataset mnist --data path/to/mnist.npz --parts krr
     python experiments/continual_bytes.py --dataset mnist --data path/to/mnist.npz --parts neural
+    python experiments/continual_bytes.py --dataset mnist --data path/to/mnist.npz --parts neural --model cnn
     python experiments/continual_bytes.py --report-only --dataset mnist --parts krr
 
-Writes experiments/results/continual_bytes_<dataset>_<part>[_<map>].{md,json} and, when measuring,
+Writes experiments/results/continual_bytes_<dataset>_<part>[_<map> | _cnn].{md,json} and, when measuring,
 continual_bytes_<dataset>.png (final accuracy against memory bytes, every method of every part measured).
 """
 
@@ -170,6 +171,51 @@ def krr_seed(args, seed: int) -> dict:
 # -- neural learner ------------------------------------------------------------------------------
 
 
+class CNN(nn.Module):
+    """Two 5x5 convolutions (16 and 32 channels, each ReLU and 2x2 max pooling), a hidden layer of ``hidden``, k scores.
+
+    Input (n, c, h, w); the hidden ReLU is ``net.8``, the layer herding reads.
+    """
+
+    def __init__(self, shape: tuple[int, ...], k: int, hidden: int) -> None:
+        super().__init__()
+        if len(shape) != 3:
+            raise ValueError(f"the CNN needs (channels, height, width) inputs; the benchmark's have shape {tuple(shape)}")
+        c, h, w = shape
+        self.net = nn.Sequential(
+            nn.Conv2d(c, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(32 * (h // 4) * (w // 4), hidden), nn.ReLU(), nn.Linear(hidden, k),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+HIDDEN_LAYER = {"mlp": "net.1", "cnn": "net.8"}  # the hidden ReLU of each model, whose output herding reads
+
+
+def network(args, shape: tuple[int, ...], k: int) -> nn.Module:
+    """The ``--model`` for inputs of ``shape`` (c, h, w) and k classes."""
+    if args.model == "cnn":
+        return CNN(shape, k, args.hidden)
+    return MLP(math.prod(shape), k, args.hidden)
+
+
+def layers(model: nn.Module) -> str:
+    """The layers of ``model`` in words: ``conv 5×5 1→16, ReLU, max-pool 2, ..., linear 128→10``."""
+    words = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            words.append(f"conv {m.kernel_size[0]}×{m.kernel_size[1]} {m.in_channels}→{m.out_channels}")
+        elif isinstance(m, nn.Linear):
+            words.append(f"linear {m.in_features}→{m.out_features}")
+        elif isinstance(m, nn.ReLU):
+            words.append("ReLU")
+        elif isinstance(m, nn.MaxPool2d):
+            words.append(f"max-pool {m.kernel_size}")
+    return ", ".join(words)
+
 
 def distilled_method(fit_samples: int | None) -> str:
     return "distilled" if fit_samples is None else f"distilled, head on {fit_samples} per class"
@@ -180,19 +226,21 @@ def distilled_fit_samples(method: str) -> int | None:
     return None if method == "distilled" else int(method.split(" on ")[1].split()[0])
 
 
-def neural_run(bench, d: int, method: str, mem: int, args, seed: int) -> dict:
+def neural_run(bench, shape: tuple[int, ...], method: str, mem: int, args, seed: int) -> dict:
     from avalanche.evaluation.metrics import accuracy_metrics, forgetting_metrics
     from avalanche.training import GDumb, Naive, Cumulative
     from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
     from avalanche.training.storage_policy import ClassBalancedBuffer, HerdingSelectionStrategy, ParametricBuffer
 
     torch.manual_seed(seed)
-    model = MLP(d, bench.n_classes, args.hidden)
+    d = math.prod(shape)
+    model = network(args, shape, bench.n_classes)
     policy = None
     if method == "random exemplars":
         policy = ClassBalancedBuffer(mem, adaptive_size=True)
     elif method == "herding exemplars":
-        policy = ParametricBuffer(mem, groupby="class", selection_strategy=HerdingSelectionStrategy(model, "net.1"))
+        herding = HerdingSelectionStrategy(model, HIDDEN_LAYER[args.model])
+        policy = ParametricBuffer(mem, groupby="class", selection_strategy=herding)
     elif method.startswith("distilled"):
         policy = DistilledBuffer(max_size=mem, seed=seed, fit_samples=distilled_fit_samples(method))
     common = dict(
@@ -227,13 +275,14 @@ def neural_run(bench, d: int, method: str, mem: int, args, seed: int) -> dict:
 
 def neural_seed(args, seed: int) -> dict:
     bench = split_benchmark(args.dataset, args.data, n_experiences=args.n_experiences, seed=seed)
-    d = math.prod(bench.train_stream[0].dataset[0][0].shape)
-    rows = [neural_run(bench, d, m, 0, args, seed) for m in ("naive", "cumulative") if m in args.neural_methods]
+    shape = tuple(bench.train_stream[0].dataset[0][0].shape)
+    d = math.prod(shape)
+    rows = [neural_run(bench, shape, m, 0, args, seed) for m in ("naive", "cumulative") if m in args.neural_methods]
     for ipc in args.ipcs:
         mem = ipc * bench.n_classes
         for method in args.neural_methods:
             if method not in ("naive", "cumulative"):
-                rows.append(neural_run(bench, d, method, mem, args, seed))
+                rows.append(neural_run(bench, shape, method, mem, args, seed))
     n_train = sum(len(e.dataset) for e in bench.train_stream)
     for row in rows:
         if row["method"] == "cumulative":  # it keeps every sample seen
@@ -303,7 +352,12 @@ def setting(payload: dict) -> str:
     if payload["part"] == "krr":
         what = f"{payload['map_name']} (p = {payload['seeds'][0]['p']}), λ = {a['reg']:g}"
     else:
-        what = (f"MLP {payload['d']}-{a['hidden']}-{payload['n_classes']}, {a['epochs']} epoch(s) per experience, "
+        if a.get("model", "mlp") == "cnn":
+            model = (f"CNN on {'×'.join(map(str, payload['shape']))} inputs: {payload['layers']} "
+                     f"({payload['parameters']:,} parameters)")
+        else:
+            model = f"MLP {payload['d']}-{a['hidden']}-{payload['n_classes']}"
+        what = (f"{model}, {a['epochs']} epoch(s) per experience, "
                 f"SGD lr {a['lr']} momentum 0.9, batch {a['batch']} (+ {a['batch']} replayed)")
     runs = (f"mean ± std over the class orders of seeds {seeds}" if len(payload["seeds"]) > 1
             else f"one run, the class order of seed {seeds}")
@@ -391,6 +445,9 @@ def readme(payload: dict) -> str:
 # -- plot ----------------------------------------------------------------------------------------
 
 
+MARKERS, LINES = {"KRR": "o", "MLP": "s", "CNN": "^"}, {"KRR": "-", "MLP": "--", "CNN": ":"}
+
+
 def plot(folder: Path, dataset: str) -> Path | None:
     """Final accuracy against memory bytes (log x) for every method of every continual_bytes_<dataset>_* result."""
     import matplotlib
@@ -402,7 +459,7 @@ def plot(folder: Path, dataset: str) -> Path | None:
     drawn = False
     for path in sorted(folder.glob(f"continual_bytes_{dataset}_*.json")):
         payload = json.loads(path.read_text())
-        tag = "KRR " + payload["map_name"] if payload["part"] == "krr" else "MLP"
+        tag = "KRR " + payload["map_name"] if payload["part"] == "krr" else payload["args"].get("model", "mlp").upper()
         curves: dict[str, list[tuple[float, float]]] = {}
         for (method, _, equal), rs in grouped(payload).items():
             if rs[0]["bytes"]:
@@ -415,8 +472,8 @@ def plot(folder: Path, dataset: str) -> Path | None:
             if method.endswith("(eq. bytes)") is False and "exemplars" in method and payload["part"] == "krr":
                 continue  # equal-points exemplar rows are in the table; the plot shows them at equal bytes
             pts.sort()
-            ax.plot([b for b, _ in pts], [100 * a for _, a in pts], marker="o" if payload["part"] == "krr" else "s",
-                    linestyle="-" if payload["part"] == "krr" else "--", label=f"{tag}: {method}")
+            ax.plot([b for b, _ in pts], [100 * a for _, a in pts], marker=MARKERS[tag[:3]], linestyle=LINES[tag[:3]],
+                    label=f"{tag}: {method}")
             drawn = True
     if not drawn:
         plt.close(fig)
@@ -439,13 +496,14 @@ def plot(folder: Path, dataset: str) -> Path | None:
 # -- entry point ---------------------------------------------------------------------------------
 
 
-def result_name(args) -> str:
-    return f"continual_bytes_{args.dataset}_{args.parts}" + (f"_{args.map}" if args.parts == "krr" else "")
+def result_name(args: dict) -> str:
+    """``continual_bytes_<dataset>_<part>``, then ``_<map>`` for krr or ``_cnn`` for the CNN (the MLP's has none)."""
+    suffix = f"_{args['map']}" if args["parts"] == "krr" else "_cnn" if args.get("model", "mlp") == "cnn" else ""
+    return f"continual_bytes_{args['dataset']}_{args['parts']}{suffix}"
 
 
 def payload_name(payload: dict) -> str:
-    a = payload["args"]
-    return f"continual_bytes_{a['dataset']}_{a['parts']}" + (f"_{a['map']}" if a["parts"] == "krr" else "")
+    return result_name(payload["args"])
 
 
 def measure(args) -> dict:
@@ -455,17 +513,22 @@ def measure(args) -> dict:
     part = args.parts
     runs = [(krr_seed if part == "krr" else neural_seed)(args, seed) for seed in args.seeds]
     bench = split_benchmark(args.dataset, args.data, n_experiences=args.n_experiences, seed=args.seeds[0])
-    d = math.prod(bench.train_stream[0].dataset[0][0].shape)
+    shape = tuple(bench.train_stream[0].dataset[0][0].shape)
+    d = math.prod(shape)
     map_name = "FCNN" if args.map == "fcnn" else f"random Fourier features ({args.width})"
     title = (f"Split {NAMES.get(args.dataset, args.dataset)}: KRRStrategy memories against real exemplars, {map_name}" if part == "krr"
-             else f"Split {NAMES.get(args.dataset, args.dataset)}: MLP replay baselines against the distilled buffer")
-    return {"title": title, "dataset": args.dataset, "part": part, "map_name": map_name, "d": d,
+             else f"Split {NAMES.get(args.dataset, args.dataset)}: {args.model.upper()} replay baselines against the distilled buffer")
+    model = network(args, shape, bench.n_classes)
+    described = {} if part == "krr" else {"shape": list(shape), "layers": layers(model),
+                                          "parameters": sum(p.numel() for p in model.parameters())}
+    return {"title": title, "dataset": args.dataset, "part": part, "map_name": map_name, "d": d, **described,
             "n_classes": bench.n_classes,
             "args": {k: v for k, v in vars(args).items() if k not in ("data", "out", "report_only", "merge")},
             "seeds": runs, "seconds": time.perf_counter() - start}
 
 
-SETTINGS = ("dataset", "parts", "n_experiences", "map", "width", "reg", "epochs", "lr", "batch", "hidden")
+SETTINGS = ("dataset", "parts", "model", "n_experiences", "map", "width", "reg", "epochs", "lr", "batch", "hidden")
+RECORDED_BEFORE = {"model": "mlp"}  # results recorded before --model existed were measured with the MLP
 
 
 def row_key(row: dict) -> tuple:
@@ -477,7 +540,8 @@ def merge(old: dict, new: dict) -> dict:
 
     Seeds only ``old`` has are kept; the exact-memory checks kept are those with more joint comparisons.
     """
-    clash = [key for key in SETTINGS if old["args"].get(key) != new["args"].get(key)]
+    was = {**RECORDED_BEFORE, **old["args"]}
+    clash = [key for key in SETTINGS if was.get(key) != new["args"].get(key)]
     if clash:
         raise SystemExit(f"--merge: the recorded result was measured with other settings: {', '.join(clash)}")
     runs = {run["seed"]: run for run in old["seeds"]}
@@ -518,13 +582,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--hidden", type=int, default=None,
+                        help="hidden units of the MLP (default 256) or of the CNN's linear layer (default 128)")
+    parser.add_argument("--model", choices=["mlp", "cnn"], default="mlp", help="the network of the neural part")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads while measuring")
     parser.add_argument("--merge", action="store_true", help="merge into the recorded result in --out: rows of the "
                         "same seed, method and budget are replaced, the others kept (e.g. new seeds or methods)")
     args = parser.parse_args(argv)
+    if args.hidden is None:
+        args.hidden = 128 if args.model == "cnn" else 256
     if not args.report_only and args.dataset != "digits":
         harness.require_data(parser, args, args.dataset)
-    report = harness.Report(__file__, result_name(args), args.out, argv)
+    if not args.report_only:
+        torch.set_num_threads(args.threads)
+    report = harness.Report(__file__, result_name(vars(args)), args.out, argv)
     if args.merge and not args.report_only:
         old = report.load()  # before measuring: a missing result fails now, not after the run
         code = report.run(False, lambda: merge(old, measure(args)), markdown, readme)
