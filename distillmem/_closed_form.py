@@ -276,9 +276,12 @@ def target_features(
     targets = one_hot(labels, k).to(device)
     soft_used = False
     if init == "real":
-        free = regularized_pinv(fmap(reference).to(torch.float64), 0.0 if reg_s == "bound" else float(reg_s))
+        reference_features = fmap(reference).to(torch.float64)
+        reg_reference = 0.0 if reg_s == "bound" else float(reg_s)
+        free = regularized_pinv(reference_features, reg_reference)
         if soft_labels:
-            soft = pinv(free).T @ weights.T
+            # (A^+)^+ = A: at reg 0 the soft labels are the teacher's scores on the reference, no second inverse.
+            soft = (reference_features if reg_reference == 0 else pinv(free).T) @ weights.T
             if int(torch.linalg.matrix_rank(soft)) == int(labels.unique().numel()):
                 targets, soft_used = soft, True
     y_pinv = pinv(targets.T)

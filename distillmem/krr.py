@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._solvers import Spectral, solve_primal
+from ._solvers import Spectral, pinv, solve_primal
 from ._stats import Moments, accumulate_moments, checked_features, iter_array_chunks, iter_batches, n_chunks
 from ._validation import as_samples, as_targets, check_data_args, check_int, check_real, resolve_device, to_tensor
 from .data import train_val_split
@@ -226,7 +226,9 @@ class KRR:
         targets = targets.to(device)
         if self.reg != "auto":
             reg = float(self.reg)
-            self._store(Spectral.svd(features, targets).weights_t(reg), reg, features.shape[0], targets.shape[1], "svd")
+            # At reg 0 the head is pinv(Phi) T, which skips the SVD when Phi has full rank (a distilled set's usually has).
+            weights_t = pinv(features) @ targets if reg == 0 else Spectral.svd(features, targets).weights_t(reg)
+            self._store(weights_t, reg, features.shape[0], targets.shape[1], "svd")
             return
         if split is None:
             spectral = Spectral.svd(features, targets)
