@@ -483,7 +483,7 @@ def plot(folder: Path, dataset: str) -> Path | None:
     ax.set_ylabel("final average accuracy (%)")
     ax.set_title(f"Split {NAMES.get(dataset, dataset)}: final accuracy against memory bytes")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: the curves fill the axes
     out = folder / f"continual_bytes_{dataset}.png"
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".png")
     os.close(fd)
