@@ -16,6 +16,7 @@ import torch
 from scipy.linalg import blas
 from tqdm.auto import tqdm
 
+from ._solvers import scipy_threads
 from ._validation import ArrayLike, as_samples, as_targets, first_nonfinite_row, is_array, to_tensor
 from .features import FeatureMap
 
@@ -148,7 +149,8 @@ def _upper_gram(f: torch.Tensor) -> torch.Tensor:
     if f.device.type != "cpu":
         return f.T @ f
     # A row-major (b, p) array is the Fortran-ordered (p, b) array F^T: no copy.
-    return torch.from_numpy(blas.dsyrk(1.0, f.contiguous().numpy().T, trans=0, lower=0))
+    with scipy_threads():
+        return torch.from_numpy(blas.dsyrk(1.0, f.contiguous().numpy().T, trans=0, lower=0))
 
 
 def n_chunks(n: int, chunk_size: int) -> int:

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._solvers import eigh
 from ._stats import checked_features, iter_array_chunks, iter_batches
 from ._validation import as_samples, as_targets, check_data_args, check_int, check_real, resolve_device
 from .features import FeatureMap
@@ -318,7 +319,7 @@ class GramSketch:
             self.cross_ = self.cross_ + cross.cpu()
             if correction is not None:
                 self.correction_ = self.correction_ + correction.cpu()
-        eig, vec = torch.linalg.eigh(state)
+        eig, vec = eigh(state)
         eig, vec = eig.flip(0), vec.flip(1)
         # Eigenvalues within rounding of 0 are not data: dropping them changes neither Delta nor C.
         tol = state.shape[0] * torch.finfo(torch.float64).eps * max(float(eig[0]), 0.0)

@@ -63,3 +63,38 @@ def test_ill_conditioned_full_rank_matrix_keeps_its_small_singular_direction():
     matrix = u @ torch.diag(torch.logspace(0, -6, 8, dtype=torch.float64)) @ v.T
     assert _rel(pinv(matrix), _svd_pinv(matrix)) < 1e-7
 
+
+
+@pytest.fixture
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _blas_threads() -> set[int]:
+    from threadpoolctl import threadpool_info
+
+    return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+
+def test_scipy_linear_algebra_runs_on_torchs_thread_count(one_torch_thread, monkeypatch):
+    from distillmem import _stats
+
+    seen = {}
+    real_eigh, real_syrk = _solvers.scipy.linalg.eigh, _stats.blas.dsyrk
+
+    def spy(name, real):
+        def call(*args, **kwargs):
+            seen[name] = _blas_threads()
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(_solvers.scipy.linalg, "eigh", spy("eigh", real_eigh))
+    monkeypatch.setattr(_stats.blas, "dsyrk", spy("syrk", real_syrk))
+    features = torch.randn(50, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    gram = _stats._upper_gram(features)
+    _solvers.eigh(features.T @ features)
+    assert seen == {"eigh": {1}, "syrk": {1}}
+    assert torch.allclose(gram.triu(), (features.T @ features).triu())
