@@ -143,3 +143,21 @@ def test_flower_strategy_fedavg_refuses_bad_settings_by_name():
         simulate_fedavg(num_clients=3, engine="inprocess", rounds=0)
     with pytest.raises(ValueError, match="loss="):
         simulate_fedavg(num_clients=3, engine="inprocess", loss="hinge")
+
+
+def test_a_node_computes_its_features_once_per_process():
+    """Every FedAvg round asks the node for its features: the second round reads the first one's."""
+    from federated.fedavg_client_app import node_features
+
+    node_features.cache_clear()
+    cfg = Config(num_clients=3, seed=4)
+    phi, y = node_features(cfg, 1, 3, "")
+    again, y_again = node_features(cfg, 1, 3, "")
+    assert again is phi and y_again is y
+    x, labels, _, _ = client_partition(cfg, 1, 3, "")
+    fresh = RandomFCNN(x.shape[1], seed=0)(torch.as_tensor(x, dtype=torch.float32))
+    torch.testing.assert_close(phi, fresh.to(torch.float32))
+    assert torch.equal(y, torch.as_tensor(labels, dtype=torch.int64))
+    other, _ = node_features(cfg, 2, 3, "")
+    assert other.shape[0] != phi.shape[0] or not torch.equal(other, phi)
+    assert node_features.cache_info().hits == 1
