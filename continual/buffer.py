@@ -23,17 +23,16 @@ from .data import ExperienceData, check_fits, read_experience
 
 @dataclass(frozen=True)
 class DistilledGroup:
-    """The distilled points of one experience: ``ipc`` per class, with its classes, task label and KRR head.
+    """The distilled points of one experience: ``ipc`` per class, with its classes and task label.
 
     ``distilled`` works in local class ids 0..len(classes)-1 (its KRR head is
     the experience's, on the experience's classes); ``classes`` maps them to
-    the global ids.
+    the global ids. The head itself is not kept: KRR on the points gives it back.
     """
 
     distilled: dm.DistilledSet
     classes: tuple[int, ...]
     task_label: int
-    head: dm.KRR  # the experience's KRR head, which every re-distillation of the group keeps
 
     @property
     def ipc(self) -> int:
@@ -254,17 +253,16 @@ class DistilledBuffer(ExemplarsBuffer):
         primal = self.reg > 0 and x.shape[0] >= self.feature_map.out_features(x.shape[1])
         teacher = dm.KRR(self.feature_map, reg=self.reg, n_classes=len(classes), solver="primal" if primal else "auto")
         teacher.fit(x, local)
-        distilled = self._distill(x, local, ipc, teacher)
-        return DistilledGroup(distilled, classes, data.task_label, teacher)
+        return DistilledGroup(self._distill(x, local, ipc, teacher), classes, data.task_label)
 
     def _shrink(self, group: DistilledGroup, ipc: int) -> DistilledGroup:
         """The group re-distilled from its own points to ``ipc`` per class (its KRR head is kept)."""
         if group.ipc <= ipc:
             return group
-        # The teacher is the head kept from the experience (no refit on the points): one solve fewer per shrink.
         own = group.distilled
-        distilled = self._distill(own.x, own.labels, ipc, group.head)
-        return DistilledGroup(distilled, group.classes, group.task_label, group.head)
+        # KRR on the points at the set's lambda is the experience's head (to rounding), so no head need be stored.
+        teacher = dm.KRR(self.feature_map, reg=own.reg, n_classes=len(group.classes)).fit(own.x, own.y)
+        return DistilledGroup(self._distill(own.x, own.labels, ipc, teacher), group.classes, group.task_label)
 
     def _distill(self, x: torch.Tensor, labels: torch.Tensor, ipc: int, teacher: dm.KRR) -> dm.DistilledSet:
         return dm.distill(

@@ -160,7 +160,6 @@ def test_buffer_fit_samples_distils_the_head_of_a_balanced_sample(bench, exp_ten
     for i, (group, (x, y)) in enumerate(zip(buffer.groups, exp_tensors)):
         local = torch.searchsorted(torch.tensor(group.classes), y)
         head = group.distilled.fit_krr().weights_
-        assert group.head.n_samples_ == 30 * len(group.classes) < x.shape[0]
         # The sample the buffer drew (seeded by seed and the group's position), refitted here, gives the same head.
         pick = _balanced_sample(y, 30, torch.Generator().manual_seed(3 + _SAMPLE_STRIDE * i))
         sample = dm.KRR(dm.features.Identity(), reg=1.0, n_classes=len(group.classes)).fit(x[pick], local[pick])
