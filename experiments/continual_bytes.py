@@ -58,7 +58,7 @@ from distillmem.features import Identity
 
 ACC = "Top1_Acc_Stream/eval_phase/test_stream"
 FORGET = "StreamForgetting/eval_phase/test_stream"
-NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
+NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 LABEL_BYTES = 8  # an int64 label per real exemplar
 
 
