@@ -248,10 +248,13 @@ class DistilledBuffer(ExemplarsBuffer):
     def _distill_experience(self, data: ExperienceData, classes: tuple[int, ...], ipc: int) -> DistilledGroup:
         local = torch.searchsorted(torch.tensor(classes), data.y)
         x = data.x.reshape(data.x.shape[0], -1).to(torch.float64)
-        # With reg > 0 and n >= p the normal equations (a p x p Gram and one Cholesky solve) give the same head
-        # as the SVD of the (n, p) features that KRR's "auto" picks for mid-sized data, at a fraction of the cost.
-        primal = self.reg > 0 and x.shape[0] >= self.feature_map.out_features(x.shape[1])
-        teacher = dm.KRR(self.feature_map, reg=self.reg, n_classes=len(classes), solver="primal" if primal else "auto")
+        # With reg > 0 the normal equations of the smaller side (a p x p Gram for n >= p, the n x n kernel for
+        # n < p; one Cholesky solve) give the head of the SVD that KRR's "auto" picks for mid-sized data, at a
+        # fraction of the cost.
+        solver = "auto"
+        if self.reg > 0:
+            solver = "primal" if x.shape[0] >= self.feature_map.out_features(x.shape[1]) else "dual"
+        teacher = dm.KRR(self.feature_map, reg=self.reg, n_classes=len(classes), solver=solver)
         teacher.fit(x, local)
         return DistilledGroup(self._distill(x, local, ipc, teacher), classes, data.task_label)
 

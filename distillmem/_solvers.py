@@ -92,6 +92,18 @@ def solve_primal(gram: torch.Tensor, cross: torch.Tensor, reg: float) -> torch.T
     return Spectral.primal(gram, cross).weights_t(reg)
 
 
+def solve_dual(features: torch.Tensor, targets: torch.Tensor, reg: float) -> torch.Tensor:
+    """W^T = Phi^T (Phi Phi^T + reg I)^-1 T for features Phi (n, p), targets T (n, k) and reg > 0; the SVD if
+    the shifted kernel is not numerically positive definite."""
+    kernel = features @ features.T
+    kernel.diagonal().add_(reg)
+    factor, info = torch.linalg.cholesky_ex(kernel)
+    if int(info) == 0:
+        return features.T @ torch.cholesky_solve(targets, factor)
+    warnings.warn("Phi Phi^T + reg*I is not numerically positive definite; using the SVD", stacklevel=3)
+    return Spectral.svd(features, targets).weights_t(reg)
+
+
 @dataclass
 class Spectral:
     """W^T(reg) = lift diag(1 / (eig + reg)) coef for every reg from one eigendecomposition.

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._solvers import Spectral, pinv, solve_primal
+from ._solvers import Spectral, pinv, solve_dual, solve_primal
 from ._stats import Moments, accumulate_moments, checked_features, iter_array_chunks, iter_batches, n_chunks
 from ._validation import as_samples, as_targets, check_data_args, check_int, check_real, resolve_device, to_tensor
 from .data import train_val_split
@@ -20,7 +20,7 @@ PAPER_REG_GRID: tuple[float, ...] = tuple(10.0 ** (e / 2) for e in range(-12, 12
 LINEAR_REG_GRID: tuple[float, ...] = tuple(10.0 ** (e / 2) for e in range(-6, 12))
 
 
-SOLVERS = ("auto", "primal", "svd")
+SOLVERS = ("auto", "primal", "svd", "dual")
 #: In-memory problems with at most this many feature entries (128 MiB in float64)
 #: are solved from the SVD of the features rather than from their Gram.
 SVD_MAX_ENTRIES = 2**24
@@ -33,12 +33,16 @@ def default_reg_grid(feature_map: FeatureMap) -> tuple[float, ...]:
 class KRR:
     """Kernel ridge regression f(x) = W phi(x), W of shape (k, p).
 
-    Minimises ||Phi W^T - T||^2 + reg ||W||^2 over samples (rows). Two solvers:
+    Minimises ||Phi W^T - T||^2 + reg ||W||^2 over samples (rows). Solvers:
     ``"primal"`` accumulates the p x p Gram in chunks (memory O(p^2 + chunk),
     whatever n); ``"svd"`` takes the thin SVD of the (n, p) features, which
     forms no Gram and so stays exact at reg = 0 on ill-conditioned features
     (distilled sets are such data). ``"auto"`` uses the primal for streamed
     data and for n >= p with n * p > 2^24 entries, and the SVD otherwise.
+    ``"dual"`` (asked for, never chosen by "auto") solves the n x n system
+    W^T = Phi^T (Phi Phi^T + reg I)^-1 T by Cholesky, for a fixed reg > 0: on
+    n << p samples it is far cheaper than the SVD (1,000 x 3,072: about 50
+    times) and as accurate while reg is not tiny against ||Phi||^2.
     Features are computed in the dtype of the inputs (float32 or float64; 8-
     and 16-bit integers become float32, exactly, and other dtypes float64);
     they are widened to float64 before any product, so Gram matrices, cross
@@ -69,7 +73,7 @@ class KRR:
         For ``"auto"`` with the internal split: refit on all the data at the
         chosen lambda (True), or keep the model fitted on the training part,
         as in the paper's protocol (False).
-    solver : {"auto", "primal", "svd"}
+    solver : {"auto", "primal", "svd", "dual"}
     n_classes : int, optional
         k for integer labels (>= 2), or the number of target columns; default
         max(y) + 1 with every class present.
@@ -94,7 +98,7 @@ class KRR:
     n_samples_ : int
         Samples the final weights were fitted on.
     solver_ : str
-        ``"primal"`` or ``"svd"`` (``"given"`` for ``from_weights``).
+        ``"primal"``, ``"svd"`` or ``"dual"`` (``"given"`` for ``from_weights``).
     val_accuracy_ : dict[float, float]
         Validation accuracy per lambda (only for ``reg="auto"``).
     """
@@ -149,8 +153,8 @@ class KRR:
             raise ValueError('reg="auto" on an iterable of batches needs eval_set=(x_val, y_val)')
 
         if streamed:
-            if self.solver == "svd":
-                raise ValueError('solver="svd" needs the data as an array, not an iterable of batches')
+            if self.solver in ("svd", "dual"):
+                raise ValueError(f'solver="{self.solver}" needs the data as an array, not an iterable of batches')
             moments = accumulate_moments(fmap, iter_batches(x, self.n_classes, device), progress=self.progress)
             if val is not None and val[0].shape[1] != moments.in_features:
                 raise ValueError(f"eval_set has {val[0].shape[1]} features, the batches have {moments.in_features}")
@@ -173,7 +177,9 @@ class KRR:
             split[val_idx] = True
 
         small = xs.shape[0] < p or xs.shape[0] * p <= SVD_MAX_ENTRIES
-        if self.solver == "svd" or (self.solver == "auto" and small):
+        if self.solver == "dual":
+            self._fit_dual(fmap, xs, targets, device)
+        elif self.solver == "svd" or (self.solver == "auto" and small):
             self._fit_svd(fmap, xs, targets, split, val, device)
         else:
             self._fit_primal(fmap, xs, targets, split, val, device)
@@ -244,6 +250,11 @@ class KRR:
         elif split is not None:
             n -= int(split.sum())
         self._store(spectral.weights_t(reg), reg, n, targets.shape[1], "svd")
+
+    def _fit_dual(self, fmap, xs, targets, device) -> None:
+        features = checked_features(fmap, to_tensor(xs, device)).to(torch.float64)
+        self._store(solve_dual(features, targets.to(device), float(self.reg)), float(self.reg), features.shape[0],
+                    targets.shape[1], "dual")
 
     def _select_reg(self, spectral: Spectral, val_features: torch.Tensor, val_targets: torch.Tensor) -> float:
         grid = self._reg_grid_values()
@@ -363,6 +374,8 @@ class KRR:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
+        if self.solver == "dual" and (self.reg == "auto" or self.reg == 0):
+            raise ValueError(f'solver="dual" needs a fixed reg > 0, got reg={self.reg!r}: use solver="svd" or "auto"')
         if self.n_classes is not None:
             check_int(self.n_classes, "n_classes", minimum=1)
         check_int(self.chunk_size, "chunk_size", minimum=1)

@@ -37,7 +37,7 @@ def noisy(make_problem, n: int, seed: int = 0):
 
 
 @pytest.mark.parametrize("map_name", list(MAPS))
-@pytest.mark.parametrize("n, solver", [(300, "primal"), (300, "svd"), (15, "svd")])
+@pytest.mark.parametrize("n, solver", [(300, "primal"), (300, "svd"), (15, "svd"), (15, "dual"), (300, "dual")])
 @pytest.mark.parametrize("reg", [1e-3, 1.0])
 def test_positive_reg_matches_naive_ridge(make_problem, naive_ridge, rel_err, map_name, n, solver, reg):
     x, y = make_problem(n=n)
@@ -94,10 +94,27 @@ def test_auto_solver_uses_the_svd_unless_n_ge_p_and_the_features_are_large(make_
     assert KRR(Identity(), reg=1.0).fit(x, y).solver_ == expected
 
 
-def test_svd_solver_rejects_streamed_batches(make_problem):
+@pytest.mark.parametrize("solver", ["svd", "dual"])
+def test_array_solvers_reject_streamed_batches(make_problem, solver):
     x, y = make_problem(n=40)
-    with pytest.raises(ValueError, match="needs the data as an array"):
-        KRR(Identity(), reg=1.0, solver="svd", n_classes=4).fit([(x, y)])
+    with pytest.raises(ValueError, match=f'solver="{solver}" needs the data as an array'):
+        KRR(Identity(), reg=1.0, solver=solver, n_classes=4).fit([(x, y)])
+
+
+@pytest.mark.parametrize("reg", [0, 0.0, "auto"])
+def test_dual_solver_needs_a_fixed_positive_reg(make_problem, reg):
+    x, y = make_problem(n=40)
+    with pytest.raises(ValueError, match=r'solver="dual" needs a fixed reg > 0'):
+        KRR(Identity(), reg=reg, solver="dual").fit(x, y)
+
+
+def test_dual_solver_falls_back_to_the_svd_when_the_kernel_is_not_positive_definite(make_problem, naive_ridge, rel_err):
+    # Huge features against reg = 1e-300: Phi Phi^T + reg I is singular in floating point (20 samples, rank 5).
+    x, y = make_problem(n=20)
+    x = x[:, :5] @ torch.randn(5, 40, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with pytest.warns(UserWarning, match="using the SVD"):
+        model = KRR(Identity(), reg=1e-300, solver="dual").fit(x, y)
+    assert rel_err(model.weights_, naive_ridge(x, one_hot(y), 0.0)) < 1e-8
 
 
 def test_weights_have_documented_shape_dtype_and_device(problem):
