@@ -41,8 +41,8 @@ class KRR:
     data and for n >= p with n * p > 2^24 entries, and the SVD otherwise.
     ``"dual"`` (asked for, never chosen by "auto") solves the n x n system
     W^T = Phi^T (Phi Phi^T + reg I)^-1 T by Cholesky, for a fixed reg > 0: on
-    n << p samples it is far cheaper than the SVD (1,000 x 3,072: about 50
-    times) and as accurate while reg is not tiny against ||Phi||^2.
+    n << p samples it is far cheaper than the SVD (1,000 x 3,072: about 10
+    times, one thread) and as accurate while reg is not tiny against ||Phi||^2.
     Features are computed in the dtype of the inputs (float32 or float64; 8-
     and 16-bit integers become float32, exactly, and other dtypes float64);
     they are widened to float64 before any product, so Gram matrices, cross
