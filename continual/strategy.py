@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -175,12 +176,17 @@ class KRRStrategy(ClosedFormTemplate):
             weights = memory.fit_krr(reg).weights_
             classes: tuple[int, ...] = ()
         elif self.memory_kind == "sketch":
-            # reg: the sketch keeps the correction of the heads it truncates under, at the strategy's lambda.
-            fresh = GramSketch(self.feature_map, k, rank=self.max_points, reg=self.sketch_reg, fold=self.correction,
-                               device=self.device)
-            fresh.update(x, data.y)
-            # merge returns a new sketch: the current one is untouched if anything fails.
-            memory = fresh if self.memory is None else self.memory.merge(fresh)
+            if self.memory is None:
+                # reg: the sketch keeps the correction of the heads it truncates under, at the strategy's lambda.
+                memory = GramSketch(self.feature_map, k, rank=self.max_points, reg=self.sketch_reg,
+                                    fold=self.correction, device=self.device)
+            else:
+                # update rebinds the sketch's state and never writes into its tensors, so the current sketch is
+                # untouched if anything fails. One truncation per experience, under the head of everything seen:
+                # sketching the experience alone first (then merging) truncated twice, the first time under a head
+                # of its own classes only, and was less accurate (experiments/continual_bytes.py).
+                memory = copy.copy(self.memory)
+            memory.update(x, data.y)
             reg = float(self.reg)
             weights = memory.fit_krr(reg).weights_
             classes = ()

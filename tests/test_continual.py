@@ -18,6 +18,8 @@ from continual import DistilledBuffer, DistilledReplayPlugin, KRRStrategy, split
 from continual.buffer import _SAMPLE_STRIDE, _balanced_sample  # noqa: E402
 from continual.checkpoint import load_memory, save_memory  # noqa: E402
 from continual.strategy import select_reg  # noqa: E402
+from continual.data import read_experience  # noqa: E402
+from distillmem.sketch import GramSketch  # noqa: E402
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -366,6 +368,14 @@ def test_sketch_budget_counts_eigen_rows_and_the_correction_folds_into_the_cross
     assert corrected.memory_nbytes == plain.memory_nbytes == (16 * 64 + 64 * 10 + 64 + 1) * 8
     # At equal bytes the folded correction brings the head nearer the exact (joint) one than the plain sketch.
     assert rel_err(corrected.model.weights, exact.model.weights) < rel_err(plain.model.weights, exact.model.weights)
+    # One truncation per experience: the memory is the sketch updated with each experience in turn.
+    fmap = dm.features.RandomFCNN(in_features=64, seed=0)
+    sequential = GramSketch(fmap, 10, rank=16, reg=1.0, fold=True)
+    for exp in bench.train_stream:
+        data = read_experience(exp.dataset)
+        sequential.update(data.x.reshape(len(data.x), -1).to(torch.float64), data.y)
+    torch.testing.assert_close(corrected.memory.target_, sequential.target_, rtol=1e-9, atol=1e-9)
+    assert rel_err(corrected.model.weights, sequential.fit_krr(1.0).weights_) < 1e-9
 
 
 def test_per_class_memory_reproduces_its_refitted_head(bench):

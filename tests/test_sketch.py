@@ -237,3 +237,22 @@ def test_folded_sketch_keeps_r_minus_c_alone_and_gives_the_same_heads():
         apart.merge(folded)
     with pytest.raises(ValueError, match="needs a correction"):
         GramSketch(Identity(), n_classes=4, rank=6, fold=True).update(x, y)
+
+
+@pytest.mark.parametrize("fold", [False, True])
+def test_an_update_of_a_shallow_copy_leaves_the_original_as_it_was(fold):
+    """update rebinds the state and never writes into its tensors: KRRStrategy relies on it to keep a failed
+    experience from touching its memory."""
+    import copy
+
+    x, y = _data()
+    original = GramSketch(Identity(), n_classes=4, rank=6, reg=0.5, fold=fold).update(x[:200], y[:200])
+    state = {name: (value.clone() if isinstance(value, torch.Tensor) else value) for name, value in vars(original).items()}
+    updated = copy.copy(original).update(x[200:], y[200:])
+    assert updated.n_seen_ == 400
+    for name, before in state.items():
+        now = getattr(original, name)
+        if isinstance(before, torch.Tensor):
+            assert torch.equal(now, before), name
+        else:
+            assert now == before, name
