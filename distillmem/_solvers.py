@@ -19,7 +19,7 @@ def rank_tol(matrix: torch.Tensor, top: float) -> float:
     return max(matrix.shape) * torch.finfo(matrix.dtype).eps * top
 
 
-#: A QR factor whose diagonal spans less than this ratio may hide a rank deficiency: such matrices take the SVD.
+#: A QR factor whose diagonal spans less than this ratio may hide a rank deficiency: pinv then factorises anew.
 _QR_DIAGONAL_RATIO = 1e-8
 
 
