@@ -374,6 +374,7 @@ def markdown(payload: dict) -> str:
 BUDGETED = ("moments", "sketch", "sketch + correction", "per-class")
 KRR_TARGETS = {10: 0.84, 100: 0.92, 500: 0.936}  # issue 7: final accuracy of a 10 / 100 / 500-point memory
 KRR_TARGETS_DATASET = "mnist"  # the targets are Split-MNIST's (joint 93.70%); other datasets get no verdict
+SHARE_TARGET_DATASET = "mnist"  # issue 7: distilling adds at most 10% to a neural run on Split-MNIST
 
 
 def mean(rs: list[dict], key: str = "accuracy") -> float:
@@ -431,8 +432,9 @@ def neural_readme(payload: dict) -> list[str]:
     for method in dict.fromkeys(m for (m, _, _) in groups if m.startswith("distilled")):
         shares = [100 * r["distill_seconds"] / r["train_seconds"] for (m, _, _), rs in groups.items() if m == method
                   for r in rs]
-        lines += ["", f"{method}: distilling took {min(shares):.1f} to {max(shares):.1f}% of the wall time of a run "
-                      f"(target: at most 10%)."]
+        target = " (target: at most 10%)" if payload["dataset"] == SHARE_TARGET_DATASET else ""
+        lines += ["", f"{method}: distilling took {min(shares):.1f} to {max(shares):.1f}% of the wall time of a run"
+                      f"{target}."]
     return lines
 
 
