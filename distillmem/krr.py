@@ -38,12 +38,13 @@ class KRR:
     whatever n); ``"svd"`` takes the thin SVD of the (n, p) features, which
     forms no Gram and so stays exact at reg = 0 on ill-conditioned features
     (distilled sets are such data); at reg = 0 it takes their pseudo-inverse,
-    through QR when they have full rank (as accurate, three times faster). ``"auto"`` uses the primal for streamed
-    data and for n >= p with n * p > 2^24 entries, and the SVD otherwise.
-    ``"dual"`` (asked for, never chosen by "auto") solves the n x n system
-    W^T = Phi^T (Phi Phi^T + reg I)^-1 T by Cholesky, for a fixed reg > 0: on
-    n << p samples it is far cheaper than the SVD (1,000 x 3,072: about 10
-    times, one thread) and as accurate while reg is not tiny against ||Phi||^2.
+    through QR when they have full rank (as accurate, three times faster).
+    ``"auto"`` uses the primal for streamed data and for n >= p with
+    n * p > 2^24 entries, and the SVD otherwise. ``"dual"`` (asked for, never
+    chosen by "auto") solves the n x n system W^T = Phi^T (Phi Phi^T + reg I)^-1 T
+    by Cholesky, for a fixed reg > 0: on n << p samples it is far cheaper than
+    the SVD (1,000 x 3,072: 9x on one thread, experiments/solver_timing.py) and
+    as accurate while reg is not tiny against ||Phi||^2.
     Features are computed in the dtype of the inputs (float32 or float64; 8-
     and 16-bit integers become float32, exactly, and other dtypes float64);
     they are widened to float64 before any product, so Gram matrices, cross
