@@ -98,7 +98,7 @@ class FedAvg:
             raise ValueError(f"n_classes={n_classes!r}: must be an integer >= 2")
         local = [self._client(i, x, y, n_classes) for i, (x, y) in enumerate(clients)]
         counts = [float(y.shape[0]) for _, y in local]
-        evaluation = None if eval_set is None else (self._features(eval_set[0]), torch.as_tensor(np.asarray(eval_set[1])))
+        evaluation = None if eval_set is None else (features(self.feature_map, eval_set[0]), torch.as_tensor(np.asarray(eval_set[1])))
         model = make_module(local[0][0].shape[1], n_classes, self.hidden, self.seed)
         self.history_: list[dict[str, float]] = []
         for t in range(1, self.rounds + 1):
@@ -122,18 +122,20 @@ class FedAvg:
         return {name: t.detach().numpy().copy() for name, t in self.model_.state_dict().items()}
 
     # -- internals ---------------------------------------------------------------------
-    def _features(self, x: np.ndarray) -> torch.Tensor:
-        with torch.no_grad():
-            return self.feature_map(torch.as_tensor(np.asarray(x, dtype=np.float32))).to(torch.float32)
-
     def _client(self, i: int, x: np.ndarray, y: np.ndarray, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         y = np.asarray(y)
         if x.shape[0] != y.shape[0] or x.shape[0] == 0:
             raise ValueError(f"clients[{i}]: x has {x.shape[0]} rows and y {y.shape[0]}; need the same number, at least 1")
         if y.min() < 0 or y.max() >= k:
             raise ValueError(f"clients[{i}]: labels must lie in [0, {k}), got min {y.min()} and max {y.max()}")
-        return self._features(x), torch.as_tensor(y, dtype=torch.int64)
+        return features(self.feature_map, x), torch.as_tensor(y, dtype=torch.int64)
 
+
+
+def features(feature_map: FeatureMap, x: np.ndarray) -> torch.Tensor:
+    """phi(x) (n, p) float32 of rows x (n, d), without autograd: what the models train and are scored on."""
+    with torch.no_grad():
+        return feature_map(torch.as_tensor(np.asarray(x, dtype=np.float32))).to(torch.float32)
 
 
 def make_module(p: int, k: int, hidden: int, seed: int) -> nn.Module:

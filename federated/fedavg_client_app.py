@@ -18,7 +18,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from .fedavg import local_update, make_module, round_generator, split_config
+from .fedavg import features, local_update, make_module, round_generator, split_config
 from .task import Config, client_partition, load_arrays, make_feature_map
 
 app = ClientApp()
@@ -31,10 +31,7 @@ def node_features(cfg: Config, partition_id: int, num_partitions: int, data_path
     At most 128 partitions are kept (a 100-client run on one worker fits).
     """
     x, y, _, _ = client_partition(cfg, partition_id, num_partitions, data_path)
-    fmap = make_feature_map(cfg, x.shape[1])
-    with torch.no_grad():
-        phi = fmap(torch.as_tensor(x, dtype=torch.float32)).to(torch.float32)
-    return phi, torch.as_tensor(y, dtype=torch.int64)
+    return features(make_feature_map(cfg, x.shape[1]), x), torch.as_tensor(y, dtype=torch.int64)
 
 
 @app.train()

@@ -22,7 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 
 from .features import head_arrays
-from .fedavg import make_module, settings_config
+from .fedavg import features, make_module, settings_config
 from .server_app import wait_for_nodes
 from .task import Config, make_feature_map, write_json_atomic
 
@@ -47,9 +47,7 @@ def run_fedavg(grid: Grid, cfg: Config, settings: dict[str, Any], rounds: int) -
     """``rounds`` rounds of Flower's FedAvg with full participation; returns the results dict (``model`` included)."""
     start = time.monotonic()
     data = head_arrays(cfg, cfg.data_path)
-    fmap = make_feature_map(cfg, data.x_train.shape[1])
-    with torch.no_grad():
-        phi_test = fmap(torch.as_tensor(data.x_test, dtype=torch.float32)).to(torch.float32)
+    phi_test = features(make_feature_map(cfg, data.x_train.shape[1]), data.x_test)
     y_test = torch.as_tensor(data.y_test)
     model = make_module(phi_test.shape[1], data.n_classes, settings["hidden"], cfg.seed)
 
