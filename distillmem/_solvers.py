@@ -33,11 +33,10 @@ def pinv(matrix: torch.Tensor) -> torch.Tensor:
     numerically rank-deficient or near-singular matrix) takes a rank-revealing
     factorisation instead: on the CPU LAPACK's complete orthogonal one (gelsy,
     pivoted QR; a little faster than the SVD even after the QR that failed),
-    elsewhere the SVD. Both drop
-    what lies below max(m, n) eps times the largest singular value, as
-    torch.linalg.pinv does.
+    elsewhere the SVD. Both drop what lies below ``rank_tol`` (max(m, n) eps
+    times the largest singular value), as torch.linalg.pinv does.
     """
-    rtol = max(matrix.shape) * torch.finfo(matrix.dtype).eps
+    rtol = rank_tol(matrix, 1.0)
     wide = matrix.shape[0] < matrix.shape[1]
     tall = matrix.T if wide else matrix
     if tall.shape[1] > 0:
