@@ -17,12 +17,8 @@ def _random(rows: int, cols: int, rank: int, seed: int = 0) -> torch.Tensor:
     return left @ torch.randn(rank, cols, generator=gen, dtype=torch.float64)
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.linalg.norm(a - b) / torch.linalg.norm(b))
-
-
 @pytest.mark.parametrize("shape", [(60, 25), (25, 60), (30, 30), (1, 7), (7, 1)])
-def test_full_rank_matrices_take_the_qr_path_and_match_the_svd(shape, monkeypatch):
+def test_full_rank_matrices_take_the_qr_path_and_match_the_svd(shape, monkeypatch, rel_err):
     matrix = _random(*shape, rank=min(shape))
     calls = []
     monkeypatch.setattr(_solvers.torch.linalg, "pinv", lambda *a, **k: calls.append("svd"))
@@ -31,37 +27,37 @@ def test_full_rank_matrices_take_the_qr_path_and_match_the_svd(shape, monkeypatc
     assert calls == []
     monkeypatch.undo()
     assert inverse.shape == shape[::-1]
-    assert _rel(inverse, _svd_pinv(matrix)) < 1e-10
+    assert rel_err(inverse, _svd_pinv(matrix)) < 1e-10
 
 
 @pytest.mark.parametrize("shape", [(60, 25), (25, 60)])
-def test_rank_deficient_matrices_fall_back_to_a_rank_revealing_factorisation(shape):
+def test_rank_deficient_matrices_fall_back_to_a_rank_revealing_factorisation(shape, rel_err):
     # Rank 10 of 25: an inverse through R^-1 would be enormous; the minimum-norm pseudo-inverse is not.
     matrix = _random(*shape, rank=10, seed=1)
     inverse = pinv(matrix)
-    assert _rel(inverse, _svd_pinv(matrix)) < 1e-8
+    assert rel_err(inverse, _svd_pinv(matrix)) < 1e-8
     # The four Moore-Penrose conditions hold.
-    assert _rel(matrix @ inverse @ matrix, matrix) < 1e-10
-    assert _rel(inverse @ matrix @ inverse, inverse) < 1e-10
-    assert _rel((matrix @ inverse).T, matrix @ inverse) < 1e-10
-    assert _rel((inverse @ matrix).T, inverse @ matrix) < 1e-10
+    assert rel_err(matrix @ inverse @ matrix, matrix) < 1e-10
+    assert rel_err(inverse @ matrix @ inverse, inverse) < 1e-10
+    assert rel_err((matrix @ inverse).T, matrix @ inverse) < 1e-10
+    assert rel_err((inverse @ matrix).T, inverse @ matrix) < 1e-10
 
 
-def test_duplicate_columns_and_zero_matrices():
+def test_duplicate_columns_and_zero_matrices(rel_err):
     base = _random(40, 12, rank=12, seed=2)
     duplicated = torch.cat([base, base[:, :3]], dim=1)
-    assert _rel(pinv(duplicated), _svd_pinv(duplicated)) < 1e-8
+    assert rel_err(pinv(duplicated), _svd_pinv(duplicated)) < 1e-8
     zeros = torch.zeros(5, 3, dtype=torch.float64)
     assert torch.equal(pinv(zeros), torch.zeros(3, 5, dtype=torch.float64))
 
 
-def test_ill_conditioned_full_rank_matrix_keeps_its_small_singular_direction():
+def test_ill_conditioned_full_rank_matrix_keeps_its_small_singular_direction(rel_err):
     # Singular values 1 ... 1e-6: above the cut-off, so the pseudo-inverse inverts all of them.
     gen = torch.Generator().manual_seed(3)
     u, _ = torch.linalg.qr(torch.randn(50, 8, generator=gen, dtype=torch.float64))
     v, _ = torch.linalg.qr(torch.randn(8, 8, generator=gen, dtype=torch.float64))
     matrix = u @ torch.diag(torch.logspace(0, -6, 8, dtype=torch.float64)) @ v.T
-    assert _rel(pinv(matrix), _svd_pinv(matrix)) < 1e-7
+    assert rel_err(pinv(matrix), _svd_pinv(matrix)) < 1e-7
 
 
 
